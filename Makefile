@@ -1,0 +1,29 @@
+# make demo: the main job on the embedded default.  make test: every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench constraints clean
+
+demo: $(STAMP)
+	$(PY) -m fpa_core.model --preset metfaces
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_rules.py
+
+# The venv is (re)built when the pins or the project's metadata change.
+$(STAMP): constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[fid,sweep,dev]'
+	touch $(STAMP)
+
+constraints: $(STAMP)
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^fast-weight-painters'; } > constraints.new
+	mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

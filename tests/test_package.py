@@ -1,0 +1,41 @@
+"""The package as users meet it: its imports and its command line."""
+
+import subprocess
+import sys
+
+FORBIDDEN = ("ray", "mlflow", "optuna", "boto3")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_fpa_core_never_imports_the_sweep_stack():
+    code = (
+        "import importlib, pkgutil, sys, fpa_core\n"
+        "for m in pkgutil.walk_packages(fpa_core.__path__, 'fpa_core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        "print(len(list(pkgutil.walk_packages(fpa_core.__path__))), bad)\n"
+        "assert not bad, bad\n"
+    )
+    result = run("-c", code)
+    assert result.returncode == 0, result.stderr
+
+
+def test_model_cli_prints_the_parts_and_the_count():
+    result = run("-m", "fpa_core.model", "--preset", "metfaces")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for part in ("input_generator", "latent_to_init", "sequence_processor", "update_net"):
+        assert part in out
+    assert "219,771,267" in out and "Table 3 (Gen. Param. Count): 220 M" in out
+    assert result.stderr == ""
+
+
+def test_model_cli_rejects_bad_input_with_exit_code_2():
+    result = run("-m", "fpa_core.model", "--preset", "ffhq")
+    assert result.returncode == 2 and "invalid choice: 'ffhq'" in result.stderr
+    result = run("-m", "fpa_core.model", "--set", "d_hidden=0", "--set", "rule=hebb")
+    assert result.returncode == 2
+    assert "d_hidden: must be a positive integer" in result.stderr and "rule: 'hebb' is not allowed" in result.stderr
