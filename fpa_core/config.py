@@ -73,7 +73,9 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
                 kwargs[name] = value
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
-    if validate is not None:
+    # Checks across fields run on the good values and defaults in place of bad scalars; a bad section
+    # (a nested config) has named its own problems, and checks against its defaults would mislead.
+    if validate is not None and not any(dataclasses.is_dataclass(hints[name]) for name in bad):
         errors.extend(f"{prefix}{m}" for m in validate() if m.split(":", 1)[0].split(".")[0] not in bad)
     return None if bad else obj
 

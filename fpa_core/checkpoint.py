@@ -1,0 +1,86 @@
+"""Checkpoints: everything a run needs to continue, written atomically, loaded without pickle code.
+
+A checkpoint is a dict of tensors and plain Python values (no NumPy arrays, no classes), so that
+``torch.load(..., weights_only=True)`` reads it: a checkpoint fetched from S3 cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from fpa_core import storage
+
+FORMAT_VERSION = 1
+LATEST_RE = re.compile(r"^latest-(\d{8})\.pt$")
+
+
+def save(uri: str, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def load(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {uri}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated file, a foreign pickle, or one that would run code
+        raise ValueError(f"{uri} is not a readable FPA checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{uri} is not an FPA checkpoint of format version {FORMAT_VERSION}")
+    return state
+
+
+def latest_name(step: int) -> str:
+    return f"latest-{step:08d}.pt"
+
+
+def latest_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(step, uri) of the ``latest-*`` checkpoints in a folder, oldest first."""
+    found = [(int(m.group(1)), storage.join(folder, name))
+             for name in storage.list_names(folder) if (m := LATEST_RE.match(name))]
+    return sorted(found)
+
+
+def prune_latest(folder: str, keep: int) -> None:
+    """Keep the ``keep`` newest ``latest-*`` checkpoints."""
+    for _, uri in latest_checkpoints(folder)[:-keep]:
+        storage.remove(uri)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA generator states, as weights-only-loadable values."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": _to_lists(random.getstate()),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": np_state["bit_generator"],
+                         "state": {"key": np.array(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value

@@ -1,0 +1,109 @@
+"""Local paths and ``s3://bucket/key`` URIs behind one small interface.
+
+S3 goes through boto3 (imported only when an s3:// URI is used). The endpoint comes from
+``AWS_ENDPOINT_URL`` (MinIO, Ceph and other S3-compatible stores), credentials only from the
+standard AWS environment variables, shared files or profile; nothing here logs or stores them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The object's bytes; FileNotFoundError when there is none."""
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = _split(uri)
+    client = _client()
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        raise FileNotFoundError(f"no object at {uri}") from None
+    except client.exceptions.NoSuchBucket:
+        raise FileNotFoundError(f"no bucket {bucket!r} for {uri}") from None
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write atomically: a reader sees the old object or the new one, never a part."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        _client().put_object(Bucket=bucket, Key=key, Body=data)  # a PUT is atomic
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = _split(uri)
+    response = _client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(obj["Key"] == key or obj["Key"].startswith(key.rstrip("/") + "/")
+               for obj in response.get("Contents", []))
+
+
+def list_names(uri: str | os.PathLike) -> list[str]:
+    """Names directly under a folder or prefix, sorted; [] when there is none."""
+    if not is_s3(uri):
+        path = Path(uri)
+        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    bucket, prefix = _split(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    names = set()
+    for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        names.update(obj["Key"][len(prefix):] for obj in page.get("Contents", []))
+        names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+    return sorted(names)
+
+
+def remove(uri: str | os.PathLike) -> None:
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        _client().delete_object(Bucket=bucket, Key=key)
+    else:
+        Path(uri).unlink(missing_ok=True)
+
+
+def _split(uri: str | os.PathLike) -> tuple[str, str]:
+    bucket, _, key = str(uri)[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: an S3 URI must name a bucket, e.g. s3://my-bucket/runs")
+    return bucket, key
+
+
+def _client():
+    return _client_for(os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(endpoint_url: str | None):
+    try:
+        import boto3
+    except ImportError:
+        raise RuntimeError("s3:// locations need boto3: pip install boto3") from None
+    # boto3 reads AWS_ENDPOINT_URL itself (botocore >= 1.31); passing it keeps older releases working.
+    return boto3.client("s3", endpoint_url=endpoint_url)

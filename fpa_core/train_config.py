@@ -1,0 +1,177 @@
+"""One typed config for a training run, loaded from YAML, overridable with ``--set key=value``.
+
+Packaged configs live in ``fpa_core/configs/`` and are found by name (``--config digits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fpa_core.config import ConfigError, from_dict, merge, parse_overrides
+from fpa_core.discriminator import DiscriminatorConfig
+from fpa_core.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # a name (digits, celeba, metfaces, ...), a folder or a zip
+    resolution: int = 64  # images are resized on the shorter side and centre-cropped to this
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    batch_size: int = 20
+    grad_accum: int = 1  # batches per optimiser step
+
+    def validate(self) -> list[str]:
+        errors = [f"{n}: must be in [0, 1), got {getattr(self, n)}" for n in ("beta1", "beta2")
+                  if not 0 <= getattr(self, n) < 1]
+        errors += [f"{n}: must be a positive integer, got {getattr(self, n)}" for n in ("batch_size", "grad_accum")
+                   if getattr(self, n) < 1]
+        if not self.lr > 0:
+            errors.append(f"lr: must be positive, got {self.lr}")
+        return errors
+
+
+@dataclass
+class LossConfig:
+    gp_every: int = 4  # the gradient penalty on reals every N steps; 0 turns it off
+    gp_weight: float = 10.0
+    recon_weight: float = 1.0  # D's self-supervised reconstruction of reals
+    augment: list[str] = field(default_factory=list)  # DiffAugment policy: color, translation, cutout
+    augment_prob: float = 0.0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.gp_every < 0:
+            errors.append(f"gp_every: must be >= 0, got {self.gp_every}")
+        if not 0 <= self.augment_prob <= 1:
+            errors.append(f"augment_prob: must be in [0, 1], got {self.augment_prob}")
+        bad = [p for p in self.augment if p not in ("color", "translation", "cutout")]
+        if bad:
+            errors.append(f"augment: unknown policies {bad}; choose from color, translation, cutout")
+        return errors
+
+
+@dataclass
+class EMAConfig:
+    beta: float = 0.99  # ema <- beta * ema + (1 - beta) * G
+    every: int = 10  # steps between updates
+    start: int = 0  # before this step the EMA copy follows G exactly
+
+    def validate(self) -> list[str]:
+        errors = [] if 0 <= self.beta < 1 else [f"beta: must be in [0, 1), got {self.beta}"]
+        return errors + ([] if self.every >= 1 else [f"every: must be a positive integer, got {self.every}"])
+
+
+@dataclass
+class FIDConfig:
+    every: int = 5000  # steps between evaluations (and at the last step)
+    num_images: int = 10000  # generated images per evaluation
+    dims: Literal[64, 192, 768, 2048] = 2048
+    backbone: Literal["inception", "inception-random"] = "inception"  # inception-random is uncalibrated
+    image_format: Literal["jpeg", "png"] = "jpeg"  # the paper's FIDs went through JPEG
+    batch_size: int = 50
+
+    def validate(self) -> list[str]:
+        return [f"{n}: must be a positive integer, got {getattr(self, n)}"
+                for n in ("every", "num_images", "batch_size") if getattr(self, n) < 1]
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between ``latest`` checkpoints (also after every FID evaluation)
+    keep: int = 2  # how many ``latest`` checkpoints to keep; ``best`` is kept apart
+
+    def validate(self) -> list[str]:
+        return [f"{n}: must be a positive integer, got {getattr(self, n)}"
+                for n in ("every", "keep") if getattr(self, n) < 1]
+
+
+@dataclass
+class PicturesConfig:
+    samples: int = 64  # images in the sample grid
+    paintings: int = 4  # latents in the painting strip and GIF
+
+    def validate(self) -> list[str]:
+        return [f"{n}: must be a positive integer, got {getattr(self, n)}"
+                for n in ("samples", "paintings") if getattr(self, n) < 1]
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
+    steps: int = 100_000
+    seed: int = 0
+    log_every: int = 50
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:1, ...
+
+    def validate(self) -> list[str]:
+        errors = []
+        res = self.data.resolution
+        if (self.model.height, self.model.width) != (res, res):
+            errors.append(f"data.resolution: {res} does not match the painted image "
+                          f"{self.model.height} x {self.model.width} (model.height x model.width)")
+        if self.model.channels != 3:
+            errors.append(f"model.channels: training uses RGB images, so it must be 3, got {self.model.channels}")
+        if self.steps < 0:
+            errors.append(f"steps: must be >= 0, got {self.steps}")
+        if self.log_every < 1:
+            errors.append(f"log_every: must be a positive integer, got {self.log_every}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            errors.append(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        return errors
+
+
+def _configs_dir():
+    return resources.files("fpa_core").joinpath("configs")
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in _configs_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def config_dict(name_or_path: str) -> dict[str, Any]:
+    """The raw mapping of a packaged config (by name) or a YAML file."""
+    if name_or_path in packaged_configs():
+        text = _configs_dir().joinpath(f"{name_or_path}.yaml").read_text()
+        source = f"packaged config {name_or_path}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError([f"--config {name_or_path!r}: neither a packaged config "
+                               f"({', '.join(packaged_configs())}) nor a YAML file"], "config")
+        text, source = path.read_text(), str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{source}: not valid YAML ({e})"], source) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of section: fields"], source)
+    return data
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | dict[str, Any] = (), source: str = "config") -> TrainConfig:
+    """A TrainConfig from a mapping plus ``key=value`` overrides; every bad field is named."""
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    return from_dict(TrainConfig, merge(data, extra), source)
+
+
+def load_config(name_or_path: str, overrides: list[str] | dict[str, Any] = ()) -> TrainConfig:
+    return build_config(config_dict(name_or_path), overrides, name_or_path)

@@ -1,0 +1,390 @@
+"""Training an FPA GAN as the paper did (Sec. 3.3, 4 and Appendix B).
+
+One step = one discriminator update (hinge loss on both heads, reconstruction of reals, a gradient
+penalty every ``loss.gp_every`` steps) then one generator update, each over ``optim.grad_accum``
+batches; an EMA copy of G is what FID and the pictures use.
+
+Determinism: every random draw of a step comes from torch's global generator, whose state (with
+Python's, NumPy's and CUDA's) is in each checkpoint, and evaluations draw from private generators.
+On CPU a resumed run therefore reproduces an uninterrupted one bit for bit.
+
+The run folder (a local path or ``s3://bucket/prefix``)::
+
+    config.yaml  metrics.jsonl  summary.json
+    checkpoints/latest-<step>.pt  checkpoints/best.pt
+    samples/grid-<step>.png  painting/strip-<step>.png  painting/painting-<step>.gif
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from fpa_core import checkpoint, pictures, storage
+from fpa_core.augment import maybe_augment
+from fpa_core.config import to_dict
+from fpa_core.data import ImageSet, load_images, to_tensor
+from fpa_core.discriminator import Discriminator
+from fpa_core.fid import FIDEvaluator
+from fpa_core.losses import discriminator_loss, generator_loss, gradient_penalty, reconstruction_loss
+from fpa_core.model import FPAGenerator
+from fpa_core.progress import Progress
+from fpa_core.train_config import TrainConfig, build_config
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the run stopped before writing anything from that step."""
+
+
+class RunExistsError(RuntimeError):
+    """The output folder already holds a run and the caller did not ask to resume it."""
+
+
+@dataclass
+class Evaluation:
+    """What the trainer knows after a periodic FID evaluation (handed to ``on_evaluation``)."""
+
+    step: int
+    fid: float
+    best_fid: float
+    fid_calibrated: bool
+    losses: dict[str, float]
+    images_per_s: float
+    checkpoint: str  # the latest checkpoint, written at this step
+    best_checkpoint: str
+    pictures: dict[str, str] = field(default_factory=dict)  # grid, strip, gif -> uri
+
+
+class RunFolder:
+    """The run's outputs, local or on S3, and its metrics log."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+        self.records: list[dict[str, Any]] = []
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def write(self, rel: str, data: bytes | str) -> str:
+        uri = self.uri(rel)
+        storage.write_bytes(uri, data.encode() if isinstance(data, str) else data)
+        return uri
+
+    def load_metrics(self, up_to_step: int) -> None:
+        """Keep the records up to a checkpoint's step: later ones belong to a lost stretch."""
+        try:
+            text = storage.read_bytes(self.uri("metrics.jsonl")).decode()
+        except FileNotFoundError:
+            text = ""
+        self.records = [r for r in map(json.loads, text.splitlines()) if r["step"] <= up_to_step]
+        self.flush()
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if not storage.is_s3(self.root):  # a local log grows line by line; S3 objects are rewritten on flush
+            with open(self.uri("metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        self.write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+class Trainer:
+    """Trains one FPA GAN. ``Trainer(config, out).train()`` returns the run's summary."""
+
+    def __init__(self, config: TrainConfig, out: str, *, resume_from: str | None = None,
+                 on_evaluation: Callable[[Evaluation], None] | None = None, fid_cache_uri: str | None = None):
+        self.cfg, self.run, self.on_evaluation = config, RunFolder(out), on_evaluation
+        self.device = _device(config.device)
+        if resume_from is None:
+            existing = checkpoint.latest_checkpoints(self.run.uri("checkpoints"))
+            if existing:
+                raise RunExistsError(f"{out} already holds a run (up to step {existing[-1][0]}); "
+                                     "continue it with --resume, or choose another --out")
+        state = checkpoint.load(resume_from, self.device) if resume_from else None
+
+        # Everything that could fail on bad input comes before any training work.
+        self.data: ImageSet = load_images(config.data.dataset, config.data.resolution)
+        if self.data.skipped:
+            log.warning("%d unreadable images were skipped in %s", self.data.skipped, self.data.source)
+        if state and state["dataset"]["fingerprint"] != self.data.fingerprint:
+            raise ValueError(f"the dataset changed since {resume_from} was written "
+                             f"(fingerprint {state['dataset']['fingerprint'][:12]} then, "
+                             f"{self.data.fingerprint[:12]} now); resume with the original data")
+        if fid_cache_uri is None and storage.is_s3(out):
+            fid_cache_uri = f"s3://{out[len('s3://'):].split('/')[0]}/.fpa-cache/fid"
+        self.fid = FIDEvaluator(backbone=config.fid.backbone, dims=config.fid.dims,
+                                image_format=config.fid.image_format, batch_size=config.fid.batch_size,
+                                device=self.device, cache_uri=fid_cache_uri)
+
+        _seed_everything(config.seed)
+        self.G = FPAGenerator(config.model).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.D = Discriminator(config.discriminator, image_size=config.data.resolution).to(self.device)
+        betas = (config.optim.beta1, config.optim.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.optim.lr, betas=betas)
+
+        self.step, self.wall_time_s = 0, 0.0
+        self.fid_history: list[list[float]] = []  # [step, fid]
+        self.best: tuple[float, int] | None = None  # (fid, step)
+        self.last_checkpoint: str | None = None
+        if state:
+            self._restore(state, resume_from)
+        else:
+            self.run.write("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    @classmethod
+    def resume(cls, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
+        """Continue the run in ``out`` from its newest ``latest`` checkpoint (overrides may extend ``steps``)."""
+        found = checkpoint.latest_checkpoints(storage.join(out, "checkpoints"))
+        if not found:
+            raise FileNotFoundError(f"nothing to resume in {out}: it has no checkpoints/latest-*.pt; "
+                                    "start a new run without --resume")
+        return cls.from_checkpoint(found[-1][1], out, overrides, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, uri: str, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
+        """Continue from any checkpoint (``latest`` or ``best``), writing to ``out``."""
+        saved = checkpoint.load(uri)["config"]
+        config = build_config(saved, overrides, f"the config saved in {uri}")
+        return cls(config, out, resume_from=uri, **kwargs)
+
+    # -- the training loop --------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        progress = Progress(cfg.steps, start=self.step)
+        window_images, window_start = 0, time.perf_counter()
+        losses: dict[str, float] = {}
+        images_per_s = 0.0
+        if self.step >= cfg.steps and not any(s == self.step for s, _ in self.fid_history):
+            self._evaluate(losses, images_per_s)  # --steps 0: the untrained generator's FID
+            self._save_latest()
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            losses = self._train_step()
+            self.step += 1
+            self._update_ema()
+            self.wall_time_s += time.perf_counter() - t0
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                    f"nothing from this step was written. The last good checkpoint is "
+                    f"{self.last_checkpoint or 'none yet'}: resume from it with --resume, perhaps with a lower "
+                    "optim.lr or loss.gp_weight higher")
+            window_images += cfg.optim.batch_size * cfg.optim.grad_accum
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                images_per_s = window_images / max(time.perf_counter() - window_start, 1e-9)
+                window_images, window_start = 0, time.perf_counter()
+                self.run.log({"step": self.step, **losses, "images_per_s": round(images_per_s, 2),
+                              "wall_time_s": round(self.wall_time_s, 2)})
+            evaluated = self.step % cfg.fid.every == 0 or self.step == cfg.steps
+            if evaluated:
+                evaluation_start = time.perf_counter()
+                fid = self._evaluate(losses, images_per_s)
+                self.wall_time_s += time.perf_counter() - evaluation_start
+            if evaluated or self.step % cfg.checkpoint.every == 0:
+                self._save_latest()
+                if evaluated and self.on_evaluation:
+                    self.on_evaluation(self._evaluation(fid, losses, images_per_s))
+            last_fid = f"{self.fid_history[-1][1]:.2f}" if self.fid_history else "-"
+            progress.update(self.step, {"d": f"{losses['d_loss']:.3f}", "g": f"{losses['g_loss']:.3f}",
+                                        "img/s": f"{images_per_s:.0f}", "fid": last_fid})
+        progress.close()
+        return self._write_summary()
+
+    def _train_step(self) -> dict[str, float]:
+        cfg, B, accum = self.cfg, self.cfg.optim.batch_size, self.cfg.optim.grad_accum
+        apply_gp = cfg.loss.gp_every > 0 and self.step % cfg.loss.gp_every == 0
+        totals = {"d_loss": 0.0, "recon_loss": 0.0, "gp": 0.0, "g_loss": 0.0}
+
+        self.D.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        for _ in range(accum):
+            z = torch.randn(B, cfg.model.d_latent, device=self.device)
+            reals = self._real_batch(B).requires_grad_(apply_gp)
+            with self._autocast():
+                with torch.no_grad():
+                    fakes = self.G(z)
+                fake_out = self.D(self._augment(fakes))
+                real_out = self.D(self._augment(reals), aux=True)
+                recon = reconstruction_loss(real_out)
+                d_loss = discriminator_loss(real_out, fake_out) + cfg.loss.recon_weight * recon
+            if apply_gp:
+                gp = gradient_penalty(reals, real_out, weight=cfg.loss.gp_weight)
+                d_loss = d_loss + gp
+                totals["gp"] += gp.item() / accum
+            (d_loss / accum).backward()
+            totals["d_loss"] += d_loss.item() / accum
+            totals["recon_loss"] += recon.item() / accum
+        self.opt_d.step()
+
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        for _ in range(accum):
+            z = torch.randn(B, cfg.model.d_latent, device=self.device)
+            with self._autocast():
+                fake_out = self.D(self._augment(self.G(z)))
+                g_loss = generator_loss(fake_out)
+            (g_loss / accum).backward()
+            totals["g_loss"] += g_loss.item() / accum
+        self.opt_g.step()
+        return totals
+
+    def _real_batch(self, batch_size: int) -> torch.Tensor:
+        index = torch.randint(len(self.data.images), (batch_size,))
+        return to_tensor(self.data.images[index.numpy()]).to(self.device, non_blocking=True)
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return maybe_augment(images, self.cfg.loss.augment_prob, self.cfg.loss.augment)
+
+    def _update_ema(self) -> None:
+        ema = self.cfg.ema
+        if self.step % ema.every:
+            return
+        beta = ema.beta if self.step >= ema.start else 0.0
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.lerp_(p, 1.0 - beta)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- evaluation, pictures and checkpoints -----------------------------------------------------------
+
+    def _evaluate(self, losses: dict[str, float], images_per_s: float) -> float:
+        cfg = self.cfg
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+
+        def sample(n: int) -> torch.Tensor:
+            z = torch.randn(n, cfg.model.d_latent, generator=generator, device=self.device)
+            with torch.no_grad(), self._autocast():
+                return self.G_ema(z).float()
+
+        fid = self.fid.fid(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
+        self.fid_history.append([self.step, fid])
+        self._pictures = self._draw_pictures()
+        self.run.log({"step": self.step, "fid": fid, "fid_calibrated": self.fid.calibrated})
+        if self.best is None or fid < self.best[0]:
+            self.best = (fid, self.step)
+            checkpoint.save(self.run.uri("checkpoints", "best.pt"), self._state())
+        log.info("step %d: %s %.3f (best %.3f at step %d)", self.step, self.fid.label, fid, *self.best)
+        return fid
+
+    def _draw_pictures(self) -> dict[str, str]:
+        cfg = self.cfg
+        latents = torch.randn(max(cfg.pictures.samples, cfg.pictures.paintings), cfg.model.d_latent,
+                              generator=torch.Generator().manual_seed(cfg.seed + 1)).to(self.device)
+        with torch.no_grad():
+            images = self.G_ema(latents[:cfg.pictures.samples])
+            painting = self.G_ema.paint(latents[:cfg.pictures.paintings])
+        tag = f"{self.step:08d}"
+        nrow = max(1, int(math.sqrt(cfg.pictures.samples)))
+        return {
+            "grid": self.run.write(f"samples/grid-{tag}.png", pictures.png_bytes(pictures.grid(images, nrow))),
+            "strip": self.run.write(f"painting/strip-{tag}.png",
+                                    pictures.png_bytes(pictures.painting_strip(painting))),
+            "gif": self.run.write(f"painting/painting-{tag}.gif", pictures.painting_gif(painting)),
+        }
+
+    def _evaluation(self, fid: float, losses: dict[str, float], images_per_s: float) -> Evaluation:
+        return Evaluation(step=self.step, fid=fid, best_fid=self.best[0], fid_calibrated=self.fid.calibrated,
+                          losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
+                          best_checkpoint=self.run.uri("checkpoints", "best.pt"), pictures=self._pictures)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "generator": self.G.state_dict(),
+            "generator_ema": self.G_ema.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "dataset": {"name": self.data.name, "fingerprint": self.data.fingerprint},
+            "fid_history": [list(x) for x in self.fid_history],
+            "best": list(self.best) if self.best else None,
+            "fid_calibrated": self.fid.calibrated,
+            "fid_backbone": self.cfg.fid.backbone,
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def _save_latest(self) -> None:
+        folder = self.run.uri("checkpoints")
+        uri = storage.join(folder, checkpoint.latest_name(self.step))
+        checkpoint.save(uri, self._state())
+        checkpoint.prune_latest(folder, self.cfg.checkpoint.keep)
+        self.last_checkpoint = uri
+        if storage.is_s3(self.run.root):
+            self.run.flush()
+
+    def _restore(self, state: dict[str, Any], uri: str) -> None:
+        self.G.load_state_dict(state["generator"])
+        self.G_ema.load_state_dict(state["generator_ema"])
+        self.D.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        for opt in (self.opt_g, self.opt_d):  # the step budget may change on resume; the rest is as saved
+            for group in opt.param_groups:
+                group["lr"] = self.cfg.optim.lr
+        self.step, self.wall_time_s = state["step"], state["wall_time_s"]
+        self.fid_history = [list(x) for x in state["fid_history"]]
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.last_checkpoint = uri
+        checkpoint.set_rng_state(state["rng"])
+        self.run.load_metrics(up_to_step=self.step)
+        self.run.write("config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        log.info("resumed from %s at step %d", uri, self.step)
+
+    def _write_summary(self) -> dict[str, Any]:
+        final = self.fid_history[-1][1] if self.fid_history else None
+        summary = {
+            "out": self.run.root,
+            "dataset": self.data.name,
+            "steps": self.step,
+            "best_fid": self.best[0] if self.best else None,
+            "best_fid_step": self.best[1] if self.best else None,
+            "final_fid": final,
+            "fid_calibrated": self.fid.calibrated,
+            "fid_backbone": self.cfg.fid.backbone,
+            "fid_history": self.fid_history,
+            "wall_time_s": round(self.wall_time_s, 2),
+            "checkpoints": {"latest": self.last_checkpoint,
+                            "best": self.run.uri("checkpoints", "best.pt") if self.best else None},
+        }
+        self.run.flush()
+        self.run.write("summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use device: cpu or auto")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
