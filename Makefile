@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test bench constraints clean
 
 demo: $(STAMP)
-	$(PY) -m fpa_core.model --preset metfaces
+	$(PY) sweeps/launch.py --dataset digits --profile demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -192,7 +192,7 @@ class Trainer:
                 images_per_s = window_images / max(time.perf_counter() - window_start, 1e-9)
                 window_images, window_start = 0, time.perf_counter()
                 self.run.log({"step": self.step, **losses, "images_per_s": round(images_per_s, 2),
-                              "wall_time_s": round(self.wall_time_s, 2)})
+                              "wall_time_s": round(self.wall_time_s, 2), "time": round(time.time(), 3)})
             evaluated = self.step % cfg.fid.every == 0 or self.step == cfg.steps
             if evaluated:
                 evaluation_start = time.perf_counter()
@@ -281,7 +281,8 @@ class Trainer:
         fid = self.fid.fid(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
         self.fid_history.append([self.step, fid])
         self._pictures = self._draw_pictures()
-        self.run.log({"step": self.step, "fid": fid, "fid_calibrated": self.fid.calibrated})
+        self.run.log({"step": self.step, "fid": fid, "fid_calibrated": self.fid.calibrated,
+                      "time": round(time.time(), 3)})
         if self.best is None or fid < self.best[0]:
             self.best = (fid, self.step)
             checkpoint.save(self.run.uri("checkpoints", "best.pt"), self._state())

@@ -1,0 +1,211 @@
+"""The sweep driver: connects Ray, Optuna and MLflow, runs the Tuner, writes the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from ray import tune
+
+from fpa_core import storage
+from fpa_core.config import to_dict
+from fpa_core.fid import FIDWeightsUnavailable, find_weights
+from sweeps.search import OptunaBridge, OptunaPruningScheduler, OptunaSearcher, make_pruner
+from sweeps.space import SweepSpec
+from sweeps.tracking import SweepTracker, default_tracking_uri, plot_fid_curves, redact, ui_command
+from sweeps.trainable import run_trial, trial_resources
+
+log = logging.getLogger(__name__)
+
+KEY_PARAMS = ("model.input_generator", "model.d_latent", "model.d_hidden", "model.num_layers", "model.d_in",
+              "model.d_in_proj", "model.rule", "model.steps", "optim.lr")  # the table's columns, where sampled
+
+
+@dataclass
+class SweepSettings:
+    name: str
+    storage: str  # an absolute folder or s3://bucket/prefix
+    tracking_uri: str | None = None
+    optuna_storage: str | None = None
+    num_trials: int = 20
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    cpus_per_trial: float = 1.0
+    pruner: str = "median"
+    warmup: int = 1
+    seed: int = 0
+    address: str | None = None
+    profile: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The settings as recorded in MLflow and summary.json: no credential in any URL."""
+        out = asdict(self)
+        out["optuna_storage"] = redact(self.optuna_storage)
+        out["tracking_uri"] = redact(self.tracking_uri)
+        return out
+
+
+def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
+    spec = _resolve_fid_backbone(spec)
+    sweep_root = storage.join(settings.storage, settings.name)
+    tracking_uri = settings.tracking_uri or default_tracking_uri()
+    optuna_storage = settings.optuna_storage or _default_optuna_storage(settings)
+    base = spec.trial_config({})
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
+    if not ray.is_initialized():
+        ray.init(address=settings.address, include_dashboard=False, configure_logging=False)
+    use_gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    resources = trial_resources(settings.cpus_per_trial, use_gpus)
+    log.info("Ray cluster: %s; each trial takes %s", _describe_resources(ray.cluster_resources()), resources)
+
+    tracker = SweepTracker(tracking_uri, spec.dataset,
+                           artifact_root=storage.join(settings.storage, "mlartifacts")
+                           if storage.is_s3(settings.storage) and _is_local_tracking(tracking_uri) else None)
+    parent_id = tracker.start_parent(settings.name, {
+        **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
+        "sweep.resources": json.dumps(resources)}, spec.to_dict())
+    study = optuna.create_study(
+        study_name=settings.name, storage=optuna_storage, direction="minimize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
+        pruner=make_pruner(settings.pruner, settings.warmup, base.fid.every, base.steps))
+    first = spec.first_params()
+    if first is not None and not study.trials:
+        study.enqueue_trial(first, skip_if_exists=True)
+        origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
+        log.info("the first trial is %s: %s", origin, first)
+
+    bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, {
+        "out_root": sweep_root, "tracking_uri": tracking_uri, "threads": max(1, int(settings.cpus_per_trial))})
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        tune_config=tune.TuneConfig(search_alg=OptunaSearcher(bridge), scheduler=OptunaPruningScheduler(bridge),
+                                    num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+    results = tuner.fit()
+    for result in results:  # a trial that errored after its last retry
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        if result.error is not None and trial_id in bridge.records and bridge.records[trial_id].state == "RUNNING":
+            bridge.complete(trial_id, None, error=True)
+
+    summary = _summary(spec, settings, bridge, tracking_uri, parent_id, base.fid.backbone == "inception")
+    _finish_parent(tracker, parent_id, spec, summary, bridge)
+    summary_uri = storage.join(sweep_root, "summary.json")
+    storage.write_bytes(summary_uri, json.dumps(summary, indent=2).encode())
+    _print_report(summary, summary_uri, tracking_uri)
+    return summary
+
+
+def _resolve_fid_backbone(spec: SweepSpec) -> SweepSpec:
+    """``fid_backbone: auto`` (the demo): the calibrated Inception where its weights are, else the random one,
+    said out loud. Otherwise a calibrated sweep without the weights stops here, before any trial."""
+    backbone = spec.fid_backbone or spec.trial_config({}).fid.backbone
+    if backbone == "inception-random":
+        return spec.with_fixed({"fid": {"backbone": "inception-random"}})
+    try:
+        find_weights()
+        return spec.with_fixed({"fid": {"backbone": "inception"}})
+    except FIDWeightsUnavailable as e:
+        if backbone != "auto":
+            raise ValueError(f"{e}\nOr run the sweep uncalibrated: --set fid.backbone=inception-random") from None
+    print("No FID Inception weights on this machine: this sweep's FIDs use the uncalibrated inception-random "
+          "backbone (comparable with each other, not with published FIDs).", flush=True)
+    return spec.with_fixed({"fid": {"backbone": "inception-random"}})
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _default_optuna_storage(settings: SweepSettings) -> str:
+    folder = Path(settings.storage, settings.name) if not storage.is_s3(settings.storage) else \
+        Path("sweeps_out", settings.name).resolve()  # SQLite needs a local file
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _is_local_tracking(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _ray_storage(location: str) -> dict[str, Any]:
+    if not storage.is_s3(location):
+        return {"storage_path": location}
+    import pyarrow.fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    filesystem = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme=endpoint.split("://")[0]) \
+        if endpoint else pyarrow.fs.S3FileSystem()
+    return {"storage_path": location[len("s3://"):], "storage_filesystem": filesystem}
+
+
+def _describe_resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU")) + f", {len(ray.nodes())} node(s)"
+
+
+def _summary(spec: SweepSpec, settings: SweepSettings, bridge: OptunaBridge, tracking_uri: str, parent_id: str,
+             calibrated: bool) -> dict[str, Any]:
+    trials = []
+    for record in sorted(bridge.records.values(), key=lambda r: r.number):
+        trials.append({"trial_id": record.trial_id, "optuna_trial": record.number,
+                       "state": "RUNNING" if record.state == "RUNNING" else record.state, "steps": record.steps,
+                       "best_fid": record.best_fid, "run_id": record.run_id, "params": record.params,
+                       "fids": record.fids, **record.placement})
+    finished = [r for r in bridge.records.values() if r.best_fid is not None and r.state in ("COMPLETE", "PRUNED")]
+    best = None
+    if finished:
+        winner = min(finished, key=lambda r: r.best_fid)
+        trial_out = storage.join(settings.storage, settings.name, "trials", winner.trial_id)
+        best = {"trial_id": winner.trial_id, "fid": winner.best_fid, "run_id": winner.run_id,
+                "params": winner.params, "config": to_dict(spec.trial_config(winner.params)),
+                "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
+    return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(tracking_uri),
+            "parent_run_id": parent_id, "fid_calibrated": calibrated, "settings": settings.public(),
+            "best": best, "trials": trials}
+
+
+def _finish_parent(tracker: SweepTracker, parent_id: str, spec: SweepSpec, summary: dict[str, Any],
+                   bridge: OptunaBridge) -> None:
+    if summary["best"]:
+        tracker.log_text(parent_id, yaml.safe_dump(summary["best"]["config"], sort_keys=False), "best_config.yaml")
+        tracker.client.set_tag(parent_id, "fpa.best_trial", summary["best"]["trial_id"])
+    curves = {f"{r.trial_id} ({r.state.lower()})": [tuple(x) for x in r.fids] for r in bridge.records.values()}
+    png = plot_fid_curves(curves, f"{summary['name']}: FID against step")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "fid_vs_step.png")
+        path.write_bytes(png)
+        tracker.log_file(parent_id, str(path))
+    tracker.log_text(parent_id, json.dumps(summary, indent=2), "summary.json")
+    tracker.client.set_terminated(parent_id, "FINISHED" if summary["best"] else "FAILED")
+
+
+def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) -> None:
+    keys = [k for k in KEY_PARAMS if any(k in t["params"] for t in summary["trials"])]
+    rows = [("trial", "state", "steps", "best FID", *[k.split(".")[-1] for k in keys])]
+    for t in summary["trials"]:
+        fid = "-" if t["best_fid"] is None else f"{t['best_fid']:.2f}"
+        rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, *[str(t["params"].get(k, "")) for k in keys]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    label = "FID" if summary["fid_calibrated"] else "FID (uncalibrated: inception-random)"
+    if summary["best"]:
+        best = summary["best"]
+        print(f"\nbest: trial {best['trial_id']}, {label} {best['fid']:.3f}, checkpoint {best['checkpoint']}")
+        print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
+    else:
+        print("\nno trial reached an FID evaluation")
+    print(f"\nsummary: {summary_uri}")
+    print(f"MLflow: {ui_command(tracking_uri)}  (experiment fpa-{summary['dataset']}, run {summary['name']})")

@@ -1,0 +1,36 @@
+"""Run a sweep as a Ray Job: the working directory ships with the job, its logs stream back here."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+REPO = Path(__file__).resolve().parent.parent
+EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifacts", "*.db", "__pycache__",
+            ".pytest_cache", ".hypothesis", ".whl", ".gl"]
+
+
+def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
+    """Submit ``python sweeps/launch.py LAUNCH_ARGS`` to the job server at ``address``; follow it unless detached."""
+    from sweeps.launch import command_line
+
+    client = JobSubmissionClient(address)
+    entrypoint = command_line(launch_args)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+    print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)
+    if detach:
+        print(f"follow it with: ray job logs --address {address} --follow {job_id}")
+        return 0
+    asyncio.run(_follow(client, job_id))
+    status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+async def _follow(client: JobSubmissionClient, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        sys.stdout.write(lines)
+        sys.stdout.flush()

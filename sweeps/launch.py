@@ -1,0 +1,138 @@
+"""Sweep the FPA search space of a dataset: Ray Tune schedules the trials, Optuna samples and prunes them
+on their periodic FID, MLflow records every trial.
+
+    python sweeps/launch.py --dataset metfaces                      # on the Ray cluster it is attached to
+    python sweeps/launch.py --dataset digits --profile demo         # the embedded default, on this machine
+    python sweeps/launch.py --dataset metfaces --submit http://HEAD:8265    # as a Ray Job on a cluster
+
+Writes <storage>/<name>/summary.json and prints the trials, the best config and where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fpa_core import storage  # noqa: E402
+from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
+from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
+
+log = logging.getLogger("sweeps.launch")
+
+DEFAULT_STORAGE = "./sweeps_out"
+PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python sweeps/launch.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", help=f"the sweep to run: {', '.join(sweep_names())}, or a sweep YAML file")
+    p.add_argument("--profile", help="a named profile of the sweep file (e.g. demo)")
+    p.add_argument("--name", help="the sweep's name (default: DATASET-YYYYmmdd-HHMMSS)")
+    p.add_argument("--num-trials", type=int, help="trials to run (default: the sweep file's, else 20)")
+    p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: as resources allow)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial takes (default 1)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner (default: median)")
+    p.add_argument("--warmup", type=int, default=1, help="FID evaluations of a trial before it may be pruned")
+    p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="Ray's experiment state, checkpoints and trial folders: a folder or s3://bucket/prefix")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    p.add_argument("--optuna-storage", help="Optuna's database URL (default: sqlite in the sweep folder)")
+    p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    p.add_argument("--submit", metavar="URL", help="run the sweep as a Ray Job on the cluster at URL (:8265)")
+    p.add_argument("--detach", action="store_true", help="with --submit: return at once with the job id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problems = _check_args(args)
+    if problems:
+        parser.exit(2, "".join(f"{parser.prog}: error: {p}\n" for p in problems))
+    try:
+        spec = load_sweep(args.dataset, args.profile)
+        fixed = parse_overrides(args.overrides)
+        if fixed:
+            spec = spec.with_fixed(fixed)
+    except (SpaceError, ConfigError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if args.submit:
+        from sweeps.jobs import submit
+
+        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+
+    from sweeps.driver import SweepSettings, run_sweep
+
+    name = args.name or f"{Path(spec.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SweepSettings(
+        name=name, storage=_absolute(args.storage), tracking_uri=args.tracking_uri,
+        optuna_storage=args.optuna_storage, num_trials=args.num_trials or spec.num_trials or 20,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
+        pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile)
+    try:
+        summary = run_sweep(spec, settings)
+    except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return 0 if summary["best"] else 1
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if not args.dataset:
+        problems.append(f"--dataset is required: one of {', '.join(sweep_names())}, or a sweep YAML file")
+    for flag, value, low in (("--num-trials", args.num_trials, 1), ("--max-concurrent", args.max_concurrent, 1),
+                             ("--max-failures", args.max_failures, 0), ("--warmup", args.warmup, 0)):
+        if value is not None and value < low:
+            problems.append(f"{flag} must be at least {low}, got {value}")
+    if args.cpus_per_trial <= 0:
+        problems.append(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.detach and not args.submit:
+        problems.append("--detach only goes with --submit URL")
+    if args.submit and args.address:
+        problems.append("--submit and --address exclude each other: a submitted job runs on the cluster's head")
+    if args.tracking_uri and "@" in args.tracking_uri.split("://", 1)[-1].split("/", 1)[0]:
+        problems.append("--tracking-uri must not carry credentials: set MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD (or PGPASSWORD for a PostgreSQL store) in the environment")
+    return problems
+
+
+def _absolute(location: str) -> str:
+    return location if storage.is_s3(location) else str(Path(location).resolve())
+
+
+def _forwarded_args(argv: list[str]) -> list[str]:
+    """The command line minus --submit URL and --detach: what the job runs on the cluster."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--submit":
+            skip = True
+        elif arg.startswith("--submit=") or arg == "--detach":
+            continue
+        else:
+            out.append(arg)
+    return out
+
+
+def command_line(args: list[str]) -> str:
+    return "python sweeps/launch.py " + " ".join(shlex.quote(a) for a in args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

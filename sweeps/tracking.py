@@ -1,0 +1,173 @@
+"""MLflow records of a sweep: an experiment per dataset, a parent run per sweep, a child run per trial.
+
+The driver creates every run (so a trial that restarts keeps its child run) and closes them; the
+trial processes only log into their child run. Nothing here logs a credential: URIs are logged with
+their user-info removed, and only fields of the training config become params.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from fpa_core import storage
+
+log = logging.getLogger(__name__)
+
+TAG_SWEEP, TAG_TRIAL, TAG_STATE = "fpa.sweep", "fpa.trial_id", "fpa.state"
+TAG_PARENT = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000
+
+
+def redact(uri: str | None) -> str | None:
+    """A URI without its user-info (user:password@), safe to log or record."""
+    if not uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
+def ui_command(tracking_uri: str) -> str:
+    if is_local_store(tracking_uri):
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"open {redact(tracking_uri)} in a browser"
+
+
+class SweepTracker:
+    """The driver's side: experiment, parent run, child runs and their end states."""
+
+    def __init__(self, tracking_uri: str, dataset: str, artifact_root: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        name = f"fpa-{dataset}"
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None
+            if artifact_root is not None:
+                location = storage.join(artifact_root, name)
+            elif is_local_store(tracking_uri):  # absolute, so that trial processes with another cwd agree
+                location = (Path("mlartifacts") / name).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def find_parent(self, sweep: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_SWEEP}` = '{sweep}' "
+                                       f"and tags.`mlflow.runName` = '{sweep}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_parent(self, sweep: str, settings: dict[str, Any], space: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=sweep, tags={TAG_SWEEP: sweep})
+        run_id = run.info.run_id
+        self.log_params(run_id, settings)
+        self.log_text(run_id, yaml.safe_dump(space, sort_keys=False), "space.yaml")
+        return run_id
+
+    def start_child(self, parent_id: str, sweep: str, trial_id: str, params: dict[str, Any],
+                    tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
+            TAG_PARENT: parent_id, TAG_SWEEP: sweep, TAG_TRIAL: trial_id, TAG_STATE: "RUNNING", **(tags or {})})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def find_child(self, sweep: str, trial_id: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_SWEEP}` = '{sweep}' "
+                                       f"and tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def finish(self, run_id: str, state: str, tags: dict[str, Any] | None = None) -> None:
+        """state: COMPLETE, PRUNED or ERROR (the Optuna words) -> MLflow FINISHED, KILLED or FAILED."""
+        for key, value in {TAG_STATE: state, **(tags or {})}.items():
+            self.client.set_tag(run_id, key, str(value))
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED"}[state]
+        self.client.set_terminated(run_id, status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int) -> None:
+        self.client.log_metric(run_id, key, value, step=step)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_file(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path)
+
+
+class TrialLogger:
+    """The trial process's side: metrics and pictures of each FID evaluation into its child run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log_evaluation(self, step: int, metrics: dict[str, float], pictures: dict[str, str],
+                       tags: dict[str, str]) -> None:
+        timestamp = mlflow.utils.time.get_current_time_millis()
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with tempfile.TemporaryDirectory() as folder:
+            for uri in pictures.values():
+                local = os.path.join(folder, uri.rsplit("/", 1)[-1])
+                Path(local).write_bytes(storage.read_bytes(uri))
+                kind = "samples" if "/samples/" in uri.replace(os.sep, "/") else "painting"
+                self.client.log_artifact(self.run_id, local, kind)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        self.client.log_text(self.run_id, json.dumps(summary, indent=2), "summary.json")
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[:MAX_PARAM_LENGTH - 3] + "..."
+
+
+def plot_fid_curves(curves: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """A PNG of FID against step, one line per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for label, points in sorted(curves.items()):
+        if points:
+            steps, fids = zip(*points)
+            ax.plot(steps, fids, marker="o", markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("FID")
+    ax.set_title(title)
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,245 @@
+"""The sweep service against real services: a local Ray, Optuna and MLflow stores, an S3 server, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fpa_core import storage
+from conftest import free_port, wait_for_http
+
+ray = pytest.importorskip("ray")
+
+from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
+from sweeps.space import load_sweep  # noqa: E402
+
+TINY_FIXED = {
+    "data.resolution": 16, "model.height": 16, "model.width": 16, "model.steps": 4, "model.d_latent": 8,
+    "model.d_in": 2, "model.d_in_proj": 8, "discriminator.fmap_max": 16, "discriminator.attn_res_layers": [],
+    "discriminator.small_head_attention": False, "optim.batch_size": 4, "fid.dims": 64, "fid.num_images": 16,
+    "fid.batch_size": 16, "fid.every": 3, "checkpoint.every": 3, "steps": 6, "pictures.samples": 4,
+    "pictures.paintings": 1, "log_every": 3, "device": "cpu", "fid.backbone": "inception-random",
+    "ema.every": 1, "ema.start": 1000,  # FIDs of G itself: a few steps must show in them
+}
+
+
+def sweep_file(tmp_path: Path, dataset: Path, space: dict, **fixed) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"dataset": str(dataset), "base": "digits", "fixed": {**TINY_FIXED, **fixed},
+                                    "space": space}))
+    return str(path)
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def settings(tmp_path: Path, **kwargs) -> SweepSettings:
+    base = dict(name=f"sweep-{uuid.uuid4().hex[:6]}", storage=str(tmp_path / "sweeps_out"),
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", num_trials=4, pruner="none", seed=0)
+    return SweepSettings(**{**base, **kwargs})
+
+
+def child_runs(tracking_uri: str, summary: dict):
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(summary["parent_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return client, parent, runs
+
+
+def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16], "model.num_layers": [1, 2]}))
+    s = settings(tmp_path)
+    summary = run_sweep(spec, s)
+
+    on_disk = json.loads(Path(s.storage, s.name, "summary.json").read_text())
+    assert on_disk == summary
+    assert {"name", "dataset", "tracking_uri", "parent_run_id", "fid_calibrated", "best", "trials"} <= set(summary)
+    assert summary["fid_calibrated"] is False
+    assert len(summary["trials"]) == 4 and {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    assert all(t["steps"] == 6 and t["best_fid"] is not None for t in summary["trials"])
+    best = summary["best"]
+    assert best["fid"] == min(t["best_fid"] for t in summary["trials"])
+    assert Path(best["checkpoint"]).is_file() and best["config"]["model"]["d_hidden"] in (8, 16)
+
+    client, parent, runs = child_runs(s.tracking_uri, summary)
+    assert parent.info.status == "FINISHED" and len(runs) == 4
+    assert {r.info.run_id for r in runs} == {t["run_id"] for t in summary["trials"]}
+    run = client.get_run(best["run_id"])
+    assert run.data.params["model.d_hidden"] == str(best["config"]["model"]["d_hidden"])
+    assert [m.step for m in client.get_metric_history(best["run_id"], "fid")] == [3, 6]
+    artifacts = {a.path for a in client.list_artifacts(best["run_id"])}
+    assert {"samples", "painting", "summary.json"} <= artifacts
+    assert run.data.tags["fpa.best_checkpoint"].endswith("best.pt")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_config.yaml", "fid_vs_step.png",
+                                                                          "space.yaml", "summary.json"}
+    study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{Path(s.storage, s.name, 'optuna.db')}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert not any("password" in json.dumps(p).lower() for p in (run.data.params, run.data.tags))
+
+
+def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
+    finally:
+        ray.shutdown()
+    assert all(len(t["gpu_ids"]) == 1 for t in summary["trials"])
+    spans = []
+    for t in summary["trials"]:
+        lines = Path(summary["settings"]["storage"], summary["name"], "trials", t["trial_id"],
+                     "metrics.jsonl").read_text().splitlines()
+        times = [json.loads(line)["time"] for line in lines]
+        spans.append((min(times), max(times)))
+    for start, _ in spans:  # at any moment at most two trials hold a GPU
+        assert sum(1 for s, e in spans if s <= start <= e) <= 2
+
+
+def test_a_two_node_cluster_spreads_the_trials(tmp_path, image_folder):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    assert len({t["node_id"] for t in summary["trials"]}) == 2
+
+
+def test_the_pruner_stops_a_clearly_worse_trial(tmp_path, image_folder, local_ray):
+    # A painter that does not learn (lr 1e-6) keeps the FID of its initial grey images, clearly worse at
+    # every evaluation than one that learns fast (lr 0.05), with the seeds fixed.
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"optim.lr": [0.05, 1.0e-6]}, steps=9))
+    s = settings(tmp_path, num_trials=3, max_concurrent=1, pruner="median", warmup=1)
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name=s.name, storage=storage_url, direction="minimize")
+    for lr in (0.05, 0.05, 1.0e-6):  # two good trials first, so that the median exists
+        study.enqueue_trial({"optim.lr": lr})
+    summary = run_sweep(spec, SweepSettings(**{**s.__dict__, "optuna_storage": storage_url}))
+
+    bad = next(t for t in summary["trials"] if t["params"]["optim.lr"] == 1.0e-6)
+    assert bad["state"] == "PRUNED" and bad["steps"] == 6, [(t["params"], t["fids"]) for t in summary["trials"]]
+    assert [t["state"] for t in summary["trials"] if t["params"]["optim.lr"] == 0.05] == ["COMPLETE"] * 2
+    trials = optuna.load_study(study_name=s.name, storage=storage_url).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "PRUNED"]
+    run = MlflowClient(s.tracking_uri).get_run(bad["run_id"])
+    assert run.data.tags["fpa.state"] == "PRUNED" and run.data.tags["fpa.pruned_at_step"] == "6"
+    assert run.info.status == "KILLED"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, s3_bucket, s3_endpoint):
+    port = free_port()
+    env_overrides = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    import os
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", f"s3://{s3_bucket}/mlartifacts", "--workers", "1"],
+        env={**os.environ, **env_overrides}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_a_sweep_on_s3_and_an_mlflow_server(tmp_path, image_folder, s3_bucket, mlflow_server, local_ray):
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+    s = settings(tmp_path, num_trials=2, storage=f"s3://{s3_bucket}/sweeps", tracking_uri=mlflow_server,
+                 optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    summary = run_sweep(spec, s)
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    root = f"s3://{s3_bucket}/sweeps/{s.name}"
+    assert json.loads(storage.read_bytes(f"{root}/summary.json"))["name"] == s.name
+    for t in summary["trials"]:
+        assert "best.pt" in storage.list_names(f"{root}/trials/{t['trial_id']}/checkpoints")
+    assert summary["best"]["checkpoint"].startswith("s3://")
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="mlartifacts/")["Contents"]]
+    assert any(k.endswith(".png") and "/samples/" in k for k in keys)  # pictures went through the server
+    assert any(k.endswith("fid_vs_step.png") for k in keys)
+
+
+def _postgres_database(name: str, create: bool) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    connection.close()
+
+
+@pytest.fixture
+def postgres_databases():
+    names = [f"fpa_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    try:
+        for name in names:
+            _postgres_database(name, create=True)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432 ({e})")
+    yield [f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}" for name in names]
+    for name in names:
+        _postgres_database(name, create=False)
+
+
+def test_mlflow_and_optuna_on_postgresql(tmp_path, image_folder, local_ray, postgres_databases):
+    tracking, optuna_url = postgres_databases
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+    s = settings(tmp_path, num_trials=2, tracking_uri=tracking, optuna_storage=optuna_url)
+    summary = run_sweep(spec, s)
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    study = optuna.load_study(study_name=s.name, storage=optuna_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    _, parent, runs = child_runs(tracking, summary)
+    assert parent.data.tags["fpa.sweep"] == s.name and len(runs) == 2
+
+
+def run_launch(*args, timeout=120, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "sweeps/launch.py", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})})
+
+
+def test_launch_rejects_bad_input_before_any_work(tmp_path):
+    result = run_launch("--dataset", "ffhq")
+    assert result.returncode == 2 and "ffhq" in result.stderr and "metfaces" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": "digits", "base": "digits",
+                                   "space": {"model.rule": ["delta", "hebb"], "model.d_hiden": [1]}}))
+    result = run_launch("--dataset", str(bad))
+    assert result.returncode == 2 and "model.rule" in result.stderr and "model.d_hiden" in result.stderr
+    result = run_launch("--dataset", "digits", "--tracking-uri", "http://admin:hunter2@127.0.0.1:5000")
+    assert result.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in result.stderr
+    assert "hunter2" not in result.stderr
+    result = run_launch("--dataset", "digits", "--num-trials", "0", "--detach")
+    assert result.returncode == 2 and "--num-trials" in result.stderr and "--detach" in result.stderr
+    result = run_launch("--dataset", "digits", "--set", "fid.backbone=inception", "--storage", str(tmp_path / "o"),
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", timeout=300,
+                        env={"FPA_FID_WEIGHTS": str(tmp_path / "missing.pth")})
+    assert result.returncode == 2 and "inception-random" in result.stderr
+    assert not (tmp_path / "o").exists()  # stopped before any trial
+
