@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                        steps=args.steps)
     except (FileNotFoundError, ValueError, ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    for name, uri in written.items():
+    for uri in written.values():
         print(f"wrote {uri}")
     return 0
 

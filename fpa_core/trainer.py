@@ -142,6 +142,7 @@ class Trainer:
         self.fid_history: list[list[float]] = []  # [step, fid]
         self.best: tuple[float, int] | None = None  # (fid, step)
         self.last_checkpoint: str | None = None
+        self._pictures: dict[str, str] = {}  # the pictures of the latest evaluation
         if state:
             self._restore(state, resume_from)
         else:

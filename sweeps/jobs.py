@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
-
-from ray.job_submission import JobStatus, JobSubmissionClient
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifacts", "*.db", "__pycache__",
@@ -16,6 +15,9 @@ EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifact
 def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
     """Submit ``python sweeps/launch.py LAUNCH_ARGS`` to the job server at ``address``; follow it unless detached."""
     from sweeps.launch import command_line
+
+    _use_token_auth_if_available()  # before Ray is imported: it reads the mode once
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
     entrypoint = command_line(launch_args)
@@ -30,7 +32,18 @@ def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
-async def _follow(client: JobSubmissionClient, job_id: str) -> None:
+async def _follow(client, job_id: str) -> None:
     async for lines in client.tail_job_logs(job_id):
         sys.stdout.write(lines)
         sys.stdout.flush()
+
+
+def _use_token_auth_if_available() -> None:
+    """Ray (2.52+) clusters require a token by default. As ``ray.init`` does, turn token auth on for the
+    job client when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and
+    RAY_AUTH_MODE does not say otherwise; the token itself is never printed."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"

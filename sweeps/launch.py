@@ -116,7 +116,7 @@ def _absolute(location: str) -> str:
 def _forwarded_args(argv: list[str]) -> list[str]:
     """The command line minus --submit URL and --detach: what the job runs on the cluster."""
     out, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue

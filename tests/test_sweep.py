@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -243,3 +244,71 @@ def test_launch_rejects_bad_input_before_any_work(tmp_path):
     assert result.returncode == 2 and "inception-random" in result.stderr
     assert not (tmp_path / "o").exists()  # stopped before any trial
 
+
+
+def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run(tmp_path, image_folder, local_ray):
+    import threading
+
+    import psutil
+
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8]}, steps=24))
+    s = settings(tmp_path, num_trials=1, max_failures=2)
+    trials = Path(s.storage, s.name, "trials")
+    killed = []
+
+    def kill_after_first_evaluation():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            logs = list(trials.glob("*/metrics.jsonl"))
+            if logs and '"fid"' in logs[0].read_text():
+                for process in psutil.process_iter(["cmdline"]):
+                    if "ImplicitFunc" in " ".join(process.info["cmdline"] or []):
+                        process.kill()  # SIGKILL: the trial's process dies mid-run
+                        killed.append(process.pid)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_evaluation, daemon=True)
+    killer.start()
+    summary = run_sweep(spec, s)
+    killer.join(timeout=5)
+    assert killed, "the trial finished before it could be killed"
+    (trial,) = summary["trials"]
+    assert trial["state"] == "COMPLETE" and trial["steps"] == 24
+    assert [step for step, _ in trial["fids"]] == [3, 6, 9, 12, 15, 18, 21, 24]
+    client, _, runs = child_runs(s.tracking_uri, summary)
+    assert len(runs) == 1 and runs[0].info.run_id == trial["run_id"]  # the restart logged into the same run
+    assert {m.step for m in client.get_metric_history(trial["run_id"], "fid")} == {3, 6, 9, 12, 15, 18, 21, 24}
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray head with its dashboard and job server, as `ray start --head` makes one."""
+    import os
+
+    dashboard = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # The job's `python` is the head's: this virtualenv's, as a cluster image's would be its own.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([ray_bin, "start", "--head", "--port", str(free_port()), "--num-cpus", "2",
+                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                    str(dashboard), "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_submit_runs_the_sweep_as_a_ray_job(tmp_path, image_folder, ray_head):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
+    common = ["--dataset", sweep, "--num-trials", "2", "--pruner", "none", "--storage", str(tmp_path / "out"),
+              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    result = run_launch(*common, "--name", "submitted", "--submit", ray_head, timeout=420)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
+    summary = json.loads((tmp_path / "out" / "submitted" / "summary.json").read_text())
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+
+    detached = run_launch(*common, "--name", "detached", "--submit", ray_head, "--detach", timeout=120)
+    assert detached.returncode == 0 and "ray job logs" in detached.stdout
+    assert detached.stdout.split("submitted job ", 1)[1].split()[0].startswith("raysubmit_")
