@@ -212,7 +212,7 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         cfg, B, accum = self.cfg, self.cfg.optim.batch_size, self.cfg.optim.grad_accum
         apply_gp = cfg.loss.gp_every > 0 and self.step % cfg.loss.gp_every == 0
-        totals = {"d_loss": 0.0, "recon_loss": 0.0, "gp": 0.0, "g_loss": 0.0}
+        totals = {k: torch.zeros((), device=self.device) for k in ("d_loss", "recon_loss", "gp", "g_loss")}
 
         self.D.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -229,10 +229,10 @@ class Trainer:
             if apply_gp:
                 gp = gradient_penalty(reals, real_out, weight=cfg.loss.gp_weight)
                 d_loss = d_loss + gp
-                totals["gp"] += gp.item() / accum
+                totals["gp"] += gp.detach()
             (d_loss / accum).backward()
-            totals["d_loss"] += d_loss.item() / accum
-            totals["recon_loss"] += recon.item() / accum
+            totals["d_loss"] += d_loss.detach()
+            totals["recon_loss"] += recon.detach()
         self.opt_d.step()
 
         self.D.requires_grad_(False)
@@ -243,9 +243,10 @@ class Trainer:
                 fake_out = self.D(self._augment(self.G(z)))
                 g_loss = generator_loss(fake_out)
             (g_loss / accum).backward()
-            totals["g_loss"] += g_loss.item() / accum
+            totals["g_loss"] += g_loss.detach()
         self.opt_g.step()
-        return totals
+        means = (torch.stack(list(totals.values())) / accum).tolist()  # one device sync per step
+        return dict(zip(totals, means))
 
     def _real_batch(self, batch_size: int) -> torch.Tensor:
         index = torch.randint(len(self.data.images), (batch_size,))
