@@ -35,6 +35,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "config")
     return obj
 
 
+def check(config: T, section: str) -> T:
+    """``config`` itself when its ``validate()`` finds nothing, else ConfigError naming ``section.field``."""
+    errors = config.validate()
+    if errors:
+        raise ConfigError([f"{section}.{e}" for e in errors], f"{section} config")
+    return config
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     try:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpa_core.config import ConfigError
+from fpa_core.config import check
 
 
 @dataclass
@@ -57,12 +57,6 @@ class DiscriminatorConfig:
             if not _is_power_of_two(width):
                 errors.append(f"attn_res_layers: every entry must be a power of two, got {width}")
         return errors
-
-    def check(self) -> DiscriminatorConfig:
-        errors = self.validate()
-        if errors:
-            raise ConfigError([f"discriminator.{e}" for e in errors], "discriminator config")
-        return self
 
 
 @dataclass
@@ -250,7 +244,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, config: DiscriminatorConfig | None = None, image_size: int = 64, channels: int = 3):
         super().__init__()
-        self.config = cfg = (config or DiscriminatorConfig()).check()
+        self.config = cfg = check(config or DiscriminatorConfig(), "discriminator")
         if not (isinstance(image_size, int) and _is_power_of_two(image_size) and image_size >= 16):
             raise ValueError(f"the discriminator takes square images whose size is a power of two >= 16 "
                              f"(16, 32, 64, 128, ...), got image_size={image_size!r}")

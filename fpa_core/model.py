@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpa_core.config import ConfigError, from_dict, parse_overrides, to_dict
+from fpa_core.config import ConfigError, check, from_dict, parse_overrides, to_dict
 from fpa_core.presets import PRESETS, TABLE3_PARAMS_M
 from fpa_core.rules import apply_rule
 
@@ -52,12 +52,6 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 errors.append(f"{name}: must be a positive integer, got {getattr(self, name)}")
         return errors
-
-    def check(self) -> ModelConfig:
-        errors = self.validate()
-        if errors:
-            raise ConfigError([f"model.{e}" for e in errors], "model config")
-        return self
 
 
 @dataclass
@@ -149,7 +143,7 @@ class FPAGenerator(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
-        self.config = (config or ModelConfig()).check()
+        self.config = check(config or ModelConfig(), "model")
         self.input_generator = InputGenerator(self.config)
         self.sequence_processor = SequenceProcessor(self.config, self.input_generator.d_out)
         self.update_net = UpdateNet(self.config)

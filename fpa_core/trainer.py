@@ -173,7 +173,7 @@ class Trainer:
         losses: dict[str, float] = {}
         images_per_s = 0.0
         if self.step >= cfg.steps and not any(s == self.step for s, _ in self.fid_history):
-            self._evaluate(losses, images_per_s)  # --steps 0: the untrained generator's FID
+            self._evaluate()  # --steps 0: the untrained generator's FID
             self._save_latest()
         while self.step < cfg.steps:
             t0 = time.perf_counter()
@@ -197,7 +197,7 @@ class Trainer:
             evaluated = self.step % cfg.fid.every == 0 or self.step == cfg.steps
             if evaluated:
                 evaluation_start = time.perf_counter()
-                fid = self._evaluate(losses, images_per_s)
+                fid = self._evaluate()
                 self.wall_time_s += time.perf_counter() - evaluation_start
             if evaluated or self.step % cfg.checkpoint.every == 0:
                 self._save_latest()
@@ -271,7 +271,7 @@ class Trainer:
 
     # -- evaluation, pictures and checkpoints -----------------------------------------------------------
 
-    def _evaluate(self, losses: dict[str, float], images_per_s: float) -> float:
+    def _evaluate(self) -> float:
         cfg = self.cfg
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
 

@@ -20,7 +20,7 @@ from fpa_core.config import to_dict
 from fpa_core.fid import FIDWeightsUnavailable, find_weights
 from sweeps.search import OptunaBridge, OptunaPruningScheduler, OptunaSearcher, make_pruner
 from sweeps.space import SweepSpec
-from sweeps.tracking import SweepTracker, default_tracking_uri, plot_fid_curves, redact, ui_command
+from sweeps.tracking import SweepTracker, default_tracking_uri, is_local_store, plot_fid_curves, redact, ui_command
 from sweeps.trainable import run_trial, trial_resources
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
 
     tracker = SweepTracker(tracking_uri, spec.dataset,
                            artifact_root=storage.join(settings.storage, "mlartifacts")
-                           if storage.is_s3(settings.storage) and _is_local_tracking(tracking_uri) else None)
+                           if storage.is_s3(settings.storage) and is_local_store(tracking_uri) else None)
     parent_id = tracker.start_parent(settings.name, {
         **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
         "sweep.resources": json.dumps(resources)}, spec.to_dict())
@@ -133,10 +133,6 @@ def _default_optuna_storage(settings: SweepSettings) -> str:
         Path("sweeps_out", settings.name).resolve()  # SQLite needs a local file
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def _is_local_tracking(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 def _ray_storage(location: str) -> dict[str, Any]:

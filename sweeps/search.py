@@ -96,14 +96,11 @@ class OptunaBridge:
 
     def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         record = self.records.get(trial_id)
-        if record is None or record.state not in ("RUNNING",):
+        if record is None or record.state != "RUNNING":
             return
         if result:
             self._note(record, result)
-        if error:
-            record.state = "ERROR"
-            self._tell(record, state=TrialState.FAIL)
-        elif record.best_fid is None:  # stopped before any evaluation
+        if error or record.best_fid is None:  # failed, or stopped before any evaluation
             record.state = "ERROR"
             self._tell(record, state=TrialState.FAIL)
         else:
