@@ -56,6 +56,17 @@ def ui_command(tracking_uri: str) -> str:
     return f"open {redact(tracking_uri)} in a browser"
 
 
+def _store_folder(tracking_uri: str) -> Path:
+    """The folder of a local store: the SQLite file's, or the file store itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).parent
+    return Path(tracking_uri.removeprefix("file://"))
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "experiment"
+
+
 class SweepTracker:
     """The driver's side: experiment, parent run, child runs and their end states."""
 
@@ -68,8 +79,8 @@ class SweepTracker:
             location = None
             if artifact_root is not None:
                 location = storage.join(artifact_root, name)
-            elif is_local_store(tracking_uri):  # absolute, so that trial processes with another cwd agree
-                location = (Path("mlartifacts") / name).resolve().as_uri()
+            elif is_local_store(tracking_uri):  # beside the store, absolute: trial processes may have another cwd
+                location = (_store_folder(tracking_uri) / "mlartifacts" / _slug(name)).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = experiment.experiment_id
