@@ -9,8 +9,10 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 
 def free_port() -> int:
@@ -87,3 +89,112 @@ def image_folder(tmp_path_factory):
         pixels[row:row + 3, 3:17] = rng.integers(0, 256, 3, dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:02d}.png")
     return folder
+
+
+# -- the sweep service's pieces: tiny sweep files, a local Ray, an MLflow server, PostgreSQL, a Ray head --
+
+TINY_FIXED = {
+    "data.resolution": 16, "model.height": 16, "model.width": 16, "model.steps": 4, "model.d_latent": 8,
+    "model.d_in": 2, "model.d_in_proj": 8, "discriminator.fmap_max": 16, "discriminator.attn_res_layers": [],
+    "discriminator.small_head_attention": False, "optim.batch_size": 4, "fid.dims": 64, "fid.num_images": 16,
+    "fid.batch_size": 16, "fid.every": 3, "checkpoint.every": 3, "steps": 6, "pictures.samples": 4,
+    "pictures.paintings": 1, "log_every": 3, "device": "cpu", "fid.backbone": "inception-random",
+    "ema.every": 1, "ema.start": 1000,  # FIDs of G itself: a few steps must show in them
+}
+
+
+def sweep_file(tmp_path: Path, dataset: Path, space: dict, **fixed) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"dataset": str(dataset), "base": "digits", "fixed": {**TINY_FIXED, **fixed},
+                                    "space": space}))
+    return str(path)
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def settings(tmp_path: Path, **kwargs):
+    from sweeps.driver import SweepSettings
+
+    base = dict(name=f"sweep-{uuid.uuid4().hex[:6]}", storage=str(tmp_path / "sweeps_out"),
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", num_trials=4, pruner="none", seed=0)
+    return SweepSettings(**{**base, **kwargs})
+
+
+def child_runs(tracking_uri: str, summary: dict):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(summary["parent_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return client, parent, runs
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, s3_bucket, s3_endpoint):
+    port = free_port()
+    env_overrides = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", f"s3://{s3_bucket}/mlartifacts", "--workers", "1"],
+        env={**os.environ, **env_overrides}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _postgres_database(name: str, create: bool) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    connection.close()
+
+
+@pytest.fixture
+def postgres_databases():
+    names = [f"fpa_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    try:
+        for name in names:
+            _postgres_database(name, create=True)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432 ({e})")
+    yield [f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}" for name in names]
+    for name in names:
+        _postgres_database(name, create=False)
+
+
+def run_launch(*args, timeout=120, env=None):
+    return subprocess.run([sys.executable, "sweeps/launch.py", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray head with its dashboard and job server, as `ray start --head` makes one."""
+    dashboard = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # The job's `python` is the head's: this virtualenv's, as a cluster image's would be its own.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([ray_bin, "start", "--head", "--port", str(free_port()), "--num-cpus", "2",
+                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                    str(dashboard), "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
