@@ -40,6 +40,16 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return state
 
 
+EXPORTED = ("step", "config", "generator_ema", "dataset", "fid_history", "best", "fid_calibrated", "fid_backbone",
+            "base")
+
+
+def generator_only(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's EMA generator and what describes it, without D, optimisers or RNG states: what a
+    model registry holds (``fpa_core.paint.load_generator`` reads it like a checkpoint)."""
+    return {key: state[key] for key in EXPORTED if key in state}
+
+
 def latest_name(step: int) -> str:
     return f"latest-{step:08d}.pt"
 

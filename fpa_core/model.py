@@ -64,6 +64,7 @@ class Painting:
     keys: Tensor  # (B, T, c, W), phi(k_t)
     values: Tensor  # (B, T, c, H)
     lrs: Tensor  # (B, T, c), sigma(beta_t)
+    refined: Tensor | None = None  # (B, c, H, W), a U-Net's refinement of ``image`` (fpa_core.unet), if any
 
 
 class InputGenerator(nn.Module):

@@ -2,7 +2,8 @@
 
 The painting strip shows, for each latent, the T rank-1 updates (top mini-row) above the T
 cumulative canvases W_t (bottom mini-row). As in the paper's Figure 5, each picture X is rescaled to
-the norm of the final image, X * ||W_T|| / ||X||, then passed through tanh.
+the norm of the final image, X * ||W_T|| / ||X||, then passed through tanh. A U-Net's refinement
+(Figure 3) follows the last canvas, as it is, beside the FPA's own output above it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def normalised_steps(painting: Painting) -> tuple[Tensor, Tensor]:
 def painting_strip(painting: Painting) -> Image.Image:
     """For each latent, a row of the T updates above a row of the T canvases."""
     updates, canvases = normalised_steps(painting)
+    if painting.refined is not None:  # one more column: the FPA's output above the U-Net's
+        updates = torch.cat([updates, painting.image[:, None]], dim=1)
+        canvases = torch.cat([canvases, painting.refined[:, None]], dim=1)
     B, T = updates.shape[:2]
     rows = []
     for b in range(B):
@@ -69,6 +73,8 @@ def painting_gif(painting: Painting, duration_ms: int = 120) -> bytes:
     for t in range(T):
         pairs = torch.stack([updates[:, t], canvases[:, t]], dim=1).flatten(0, 1)  # (2B, c, H, W)
         frames.append(grid(pairs, nrow=2))
+    if painting.refined is not None:  # the FPA's output beside the U-Net's refinement of it
+        frames.append(grid(torch.stack([painting.image, painting.refined], dim=1).flatten(0, 1), nrow=2))
     frames += [frames[-1]] * 8  # hold the finished picture
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)

@@ -15,6 +15,7 @@ import yaml
 from fpa_core.config import ConfigError, from_dict, merge, parse_overrides
 from fpa_core.discriminator import DiscriminatorConfig
 from fpa_core.model import ModelConfig
+from fpa_core.unet import UNetConfig
 
 
 @dataclass
@@ -117,6 +118,11 @@ class TrainConfig:
     fid: FIDConfig = field(default_factory=FIDConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     pictures: PicturesConfig = field(default_factory=PicturesConfig)
+    # stage unet (Sec. 3.2): a U-Net refines the frozen FPA of base_generator (a checkpoint, local or
+    # s3://); only the U-Net trains, and the model section is the base's own.
+    stage: Literal["fpa", "unet"] = "fpa"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    base_generator: str = ""
     steps: int = 100_000
     seed: int = 0
     log_every: int = 50
@@ -134,6 +140,13 @@ class TrainConfig:
             errors.append(f"steps: must be >= 0, got {self.steps}")
         if self.log_every < 1:
             errors.append(f"log_every: must be a positive integer, got {self.log_every}")
+        if self.stage == "unet":
+            if not self.base_generator:
+                errors.append("base_generator: stage unet refines a trained FPA: give its checkpoint "
+                              "(local or s3://), e.g. runs/x/checkpoints/best.pt")
+            errors += [f"unet.{e}" for e in self.unet.check_resolution(self.model.height, self.model.width)]
+        elif self.base_generator:
+            errors.append("base_generator: only stage unet uses a base generator; set stage: unet or drop it")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             errors.append(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         return errors

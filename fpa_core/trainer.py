@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -33,14 +34,16 @@ import yaml
 
 from fpa_core import checkpoint, pictures, storage
 from fpa_core.augment import maybe_augment
-from fpa_core.config import to_dict
+from fpa_core.config import from_dict, to_dict
 from fpa_core.data import ImageSet, load_images, to_tensor
 from fpa_core.discriminator import Discriminator
 from fpa_core.fid import FIDEvaluator
 from fpa_core.losses import discriminator_loss, generator_loss, gradient_penalty, reconstruction_loss
-from fpa_core.model import FPAGenerator
+from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.paint import load_generator
 from fpa_core.progress import Progress
 from fpa_core.train_config import TrainConfig, build_config
+from fpa_core.unet import RefinedGenerator, UNet
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,17 @@ class RunFolder:
         storage.write_bytes(uri, data.encode() if isinstance(data, str) else data)
         return uri
 
-    def load_metrics(self, up_to_step: int) -> None:
-        """Keep the records up to a checkpoint's step: later ones belong to a lost stretch."""
+    def load_metrics(self, up_to_step: int) -> int:
+        """Keep the records up to a checkpoint's step: later ones belong to a lost stretch, whose length
+        in steps (as far as the log saw) is returned."""
         try:
             text = storage.read_bytes(self.uri("metrics.jsonl")).decode()
         except FileNotFoundError:
             text = ""
-        self.records = [r for r in map(json.loads, text.splitlines()) if r["step"] <= up_to_step]
+        records = [json.loads(line) for line in text.splitlines()]
+        self.records = [r for r in records if r["step"] <= up_to_step]
         self.flush()
+        return max([0] + [r["step"] - up_to_step for r in records])
 
     def log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -130,12 +136,18 @@ class Trainer:
                                 image_format=config.fid.image_format, batch_size=config.fid.batch_size,
                                 device=self.device, cache_uri=fid_cache_uri)
 
+        self.base: dict[str, Any] | None = state.get("base") if state else None  # stage unet: the frozen FPA
+        if config.stage == "unet" and state is None:
+            config, self.base = self._adopt_base(config)
+            self.cfg = config
+
         _seed_everything(config.seed)
-        self.G = FPAGenerator(config.model).to(self.device)
+        self.G = self._generator(config, fresh=state is None).to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.D = Discriminator(config.discriminator, image_size=config.data.resolution).to(self.device)
         betas = (config.optim.beta1, config.optim.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.optim.lr, betas=betas)
+        trainable = [p for p in self.G.parameters() if p.requires_grad]  # stage unet: the U-Net's alone
+        self.opt_g = torch.optim.Adam(trainable, lr=config.optim.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.optim.lr, betas=betas)
 
         self.step, self.wall_time_s = 0, 0.0
@@ -147,6 +159,28 @@ class Trainer:
             self._restore(state, resume_from)
         else:
             self.run.write("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    def _adopt_base(self, config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+        """Stage unet: the model section becomes the base FPA's own; its FID is kept for comparison."""
+        state = checkpoint.load(config.base_generator)
+        saved = state["config"]
+        if saved.get("stage", "fpa") != "fpa":
+            raise ValueError(f"base_generator {config.base_generator} is itself a U-Net stage; give an FPA checkpoint")
+        model = from_dict(ModelConfig, saved["model"], f"the model config in {config.base_generator}")
+        if (model.height, model.width) != (config.data.resolution,) * 2:
+            raise ValueError(f"base_generator {config.base_generator} paints {model.height}x{model.width} images, "
+                             f"but data.resolution is {config.data.resolution}; set it to {model.height}")
+        fids = dict((int(s), f) for s, f in state["fid_history"])
+        base = {"uri": config.base_generator, "step": state["step"], "fid": fids.get(state["step"]),
+                "fid_backbone": state["fid_backbone"], "fid_calibrated": state["fid_calibrated"]}
+        return dataclasses.replace(config, model=model), base
+
+    def _generator(self, config: TrainConfig, fresh: bool) -> torch.nn.Module:
+        if config.stage == "fpa":
+            return FPAGenerator(config.model)
+        # A new U-Net stage loads the base's EMA weights; a resumed one has them in its checkpoint.
+        fpa = load_generator(config.base_generator) if fresh else FPAGenerator(config.model)
+        return RefinedGenerator(fpa, UNet(config.unet))
 
     @classmethod
     def resume(cls, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
@@ -328,6 +362,7 @@ class Trainer:
             "fid_calibrated": self.fid.calibrated,
             "fid_backbone": self.cfg.fid.backbone,
             "wall_time_s": self.wall_time_s,
+            **({"base": self.base} if self.base else {}),
         }
 
     def _save_latest(self) -> None:
@@ -353,9 +388,11 @@ class Trainer:
         self.best = tuple(state["best"]) if state["best"] else None
         self.last_checkpoint = uri
         checkpoint.set_rng_state(state["rng"])
-        self.run.load_metrics(up_to_step=self.step)
+        lost = self.run.load_metrics(up_to_step=self.step)
+        self.run.log({"step": self.step, "event": "resumed", "from": uri, "lost_steps": lost,
+                      "time": round(time.time(), 3)})
         self.run.write("config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        log.info("resumed from %s at step %d", uri, self.step)
+        log.info("resumed from %s at step %d (%d logged steps after it are redone)", uri, self.step, lost)
 
     def _write_summary(self) -> dict[str, Any]:
         final = self.fid_history[-1][1] if self.fid_history else None
@@ -370,6 +407,7 @@ class Trainer:
             "fid_backbone": self.cfg.fid.backbone,
             "fid_history": self.fid_history,
             "wall_time_s": round(self.wall_time_s, 2),
+            **({"stage": "unet", "base": self.base} if self.base else {}),
             "checkpoints": {"latest": self.last_checkpoint,
                             "best": self.run.uri("checkpoints", "best.pt") if self.best else None},
         }

@@ -19,7 +19,7 @@ from fpa_core import storage
 from fpa_core.config import to_dict
 from fpa_core.fid import FIDWeightsUnavailable, find_weights
 from sweeps.search import OptunaBridge, OptunaPruningScheduler, OptunaSearcher, make_pruner
-from sweeps.space import SweepSpec
+from sweeps.space import SweepSpec, spec_from_dict
 from sweeps.tracking import SweepTracker, default_tracking_uri, is_local_store, plot_fid_curves, redact, ui_command
 from sweeps.trainable import run_trial, trial_resources
 
@@ -53,8 +53,56 @@ class SweepSettings:
         return out
 
 
+SWEEP_FILE = "sweep.json"  # in the sweep's folder: what --resume needs to run it again
+
+
+class SweepNotFound(ValueError):
+    """--resume named a sweep that the storage does not hold."""
+
+
 def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
+    """Run a new sweep to its end; returns (and writes) its summary."""
     spec = _resolve_fid_backbone(spec)
+    sweep_root = storage.join(settings.storage, settings.name)
+    if storage.exists(storage.join(sweep_root, SWEEP_FILE)):
+        raise ValueError(f"{sweep_root} already holds a sweep named {settings.name}: continue it with "
+                         f"--resume {settings.name}, or choose another --name")
+    storage.write_bytes(storage.join(sweep_root, SWEEP_FILE), json.dumps(
+        {"spec": spec.to_dict(), "settings": settings.public()}, indent=2).encode())
+    return _run(spec, settings, resume=False)
+
+
+def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = None,
+                 optuna_storage: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """Continue a sweep whose driver died: finished trials stay, running ones continue from their
+    checkpoints, pending ones start, all in their MLflow runs and Optuna trials. The stores are the
+    ones the sweep was started with unless given (a URL with credentials was recorded without them)."""
+    saved = load_saved_sweep(storage_root, name)
+    recorded = saved["settings"]
+    settings = SweepSettings(**{**recorded, "storage": storage_root,
+                                "tracking_uri": tracking_uri or recorded["tracking_uri"],
+                                "optuna_storage": optuna_storage or recorded["optuna_storage"],
+                                "address": address})
+    return _run(spec_from_dict(saved["spec"]), settings, resume=True)
+
+
+def load_saved_sweep(storage_root: str, name: str) -> dict[str, Any]:
+    try:
+        return json.loads(storage.read_bytes(storage.join(storage_root, name, SWEEP_FILE)))
+    except FileNotFoundError:
+        known = list_sweeps(storage_root)
+        raise SweepNotFound(f"no sweep named {name!r} in {storage_root}; it holds "
+                            f"{', '.join(known) if known else 'no sweeps'} (pass --storage where the sweep ran)") \
+            from None
+
+
+def list_sweeps(storage_root: str) -> list[str]:
+    """The sweeps a storage location holds, by name."""
+    return [name for name in storage.list_names(storage_root)
+            if storage.exists(storage.join(storage_root, name, SWEEP_FILE))]
+
+
+def _run(spec: SweepSpec, settings: SweepSettings, resume: bool) -> dict[str, Any]:
     sweep_root = storage.join(settings.storage, settings.name)
     tracking_uri = settings.tracking_uri or default_tracking_uri()
     optuna_storage = settings.optuna_storage or _default_optuna_storage(settings)
@@ -70,9 +118,13 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     tracker = SweepTracker(tracking_uri, spec.dataset,
                            artifact_root=storage.join(settings.storage, "mlartifacts")
                            if storage.is_s3(settings.storage) and is_local_store(tracking_uri) else None)
-    parent_id = tracker.start_parent(settings.name, {
-        **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
-        "sweep.resources": json.dumps(resources)}, spec.to_dict())
+    parent_id = tracker.find_parent(settings.name) if resume else None
+    if parent_id is not None:
+        tracker.client.update_run(parent_id, "RUNNING")
+    else:
+        parent_id = tracker.start_parent(settings.name, {
+            **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
+            "sweep.resources": json.dumps(resources)}, spec.to_dict())
     study = optuna.create_study(
         study_name=settings.name, storage=optuna_storage, direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
@@ -85,19 +137,20 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
 
     bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, {
         "out_root": sweep_root, "tracking_uri": tracking_uri, "threads": max(1, int(settings.cpus_per_trial))})
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
-        tune_config=tune.TuneConfig(search_alg=OptunaSearcher(bridge), scheduler=OptunaPruningScheduler(bridge),
-                                    num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
-                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
-    results = tuner.fit()
-    for result in results:  # a trial that errored after its last retry
-        trial_id = result.metrics.get("trial_id") if result.metrics else None
-        if result.error is not None and trial_id in bridge.records and bridge.records[trial_id].state == "RUNNING":
-            bridge.complete(trial_id, None, error=True)
+    trainable = tune.with_resources(run_trial, resources)
+    if resume:
+        tuner = _restored_tuner(settings, trainable, bridge)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=OptunaSearcher(bridge), scheduler=OptunaPruningScheduler(bridge),
+                                        num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
+                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+    tuner.fit()
+    bridge.close_out()
 
     summary = _summary(spec, settings, bridge, tracking_uri, parent_id, base.fid.backbone == "inception")
     _finish_parent(tracker, parent_id, spec, summary, bridge)
@@ -105,6 +158,24 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     storage.write_bytes(summary_uri, json.dumps(summary, indent=2).encode())
     _print_report(summary, summary_uri, tracking_uri)
     return summary
+
+
+def _restored_tuner(settings: SweepSettings, trainable, bridge: OptunaBridge) -> tune.Tuner:
+    ray_storage = _ray_storage(settings.storage)
+    path = storage.join(ray_storage["storage_path"], settings.name)
+    if not tune.Tuner.can_restore(path, storage_filesystem=ray_storage.get("storage_filesystem")):
+        raise ValueError(f"sweep {settings.name} has no Ray experiment state in {settings.storage} (its driver "
+                         "died before Ray saved any); start it again under a new --name")
+    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                               restart_errored=False, storage_filesystem=ray_storage.get("storage_filesystem"))
+    # Ray pickled the searcher and the scheduler into the run without their bridge (see OptunaSearcher);
+    # a restored Tuner has no public way to take live objects, so this run's bridge is bound here.
+    if tuner._local_tuner is None:
+        raise ValueError("--resume needs a driver attached with --address auto or on the head, not a ray:// client")
+    tune_config = tuner._local_tuner._tune_config
+    tune_config.search_alg.bind(bridge)
+    tune_config.scheduler.bind(bridge)
+    return tuner
 
 
 def _resolve_fid_backbone(spec: SweepSpec) -> SweepSpec:
@@ -125,7 +196,7 @@ def _resolve_fid_backbone(spec: SweepSpec) -> SweepSpec:
 
 
 def _trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial.config["trial_id"]  # trial_<Optuna number>, from the searcher
 
 
 def _default_optuna_storage(settings: SweepSettings) -> str:

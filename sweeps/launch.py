@@ -4,6 +4,7 @@ on their periodic FID, MLflow records every trial.
     python sweeps/launch.py --dataset metfaces                      # on the Ray cluster it is attached to
     python sweeps/launch.py --dataset digits --profile demo         # the embedded default, on this machine
     python sweeps/launch.py --dataset metfaces --submit http://HEAD:8265    # as a Ray Job on a cluster
+    python sweeps/launch.py --resume metfaces-20261128-101500       # continue a sweep whose driver died
 
 Writes <storage>/<name>/summary.json and prints the trials, the best config and where to look.
 """
@@ -28,12 +29,17 @@ log = logging.getLogger("sweeps.launch")
 
 DEFAULT_STORAGE = "./sweeps_out"
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
+RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "name"),
+                ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
+                ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"), ("--pruner", "pruner"),
+                ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides")]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python sweeps/launch.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", help=f"the sweep to run: {', '.join(sweep_names())}, or a sweep YAML file")
+    p.add_argument("--resume", metavar="NAME", help="continue the sweep NAME (in --storage) whose driver died")
     p.add_argument("--profile", help="a named profile of the sweep file (e.g. demo)")
     p.add_argument("--name", help="the sweep's name (default: DATASET-YYYYmmdd-HHMMSS)")
     p.add_argument("--num-trials", type=int, help="trials to run (default: the sweep file's, else 20)")
@@ -60,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     problems = _check_args(args)
+    if args.resume:
+        problems += [f"{flag} cannot change when resuming: --resume {args.resume} runs the sweep as it was started"
+                     for flag, dest in RESUME_FIXED if getattr(args, dest) != parser.get_default(dest)]
     if problems:
         parser.exit(2, "".join(f"{parser.prog}: error: {p}\n" for p in problems))
+    if args.resume:
+        return _resume(parser, args, argv)
     try:
         spec = load_sweep(args.dataset, args.profile)
         fixed = parse_overrides(args.overrides)
@@ -89,10 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary["best"] else 1
 
 
+def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.submit:
+        from sweeps.jobs import submit
+
+        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+    from sweeps.driver import SweepNotFound, resume_sweep
+
+    try:
+        summary = resume_sweep(args.resume, _absolute(args.storage), tracking_uri=args.tracking_uri,
+                               optuna_storage=args.optuna_storage, address=args.address)
+    except (SweepNotFound, SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return 0 if summary["best"] else 1
+
+
 def _check_args(args: argparse.Namespace) -> list[str]:
     problems = []
-    if not args.dataset:
-        problems.append(f"--dataset is required: one of {', '.join(sweep_names())}, or a sweep YAML file")
+    if not args.dataset and not args.resume:
+        problems.append(f"--dataset is required: one of {', '.join(sweep_names())}, or a sweep YAML file "
+                        "(or --resume NAME to continue a sweep)")
     for flag, value, low in (("--num-trials", args.num_trials, 1), ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--warmup", args.warmup, 0)):
         if value is not None and value < low:

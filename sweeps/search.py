@@ -49,7 +49,7 @@ def make_pruner(name: str, warmup: int, fid_every: int, max_steps: int) -> optun
 
 @dataclass
 class TrialRecord:
-    trial_id: str
+    trial_id: str  # the trial's name, trial_<Optuna number>: its folder, its MLflow run name, its key
     number: int  # the Optuna trial
     run_id: str  # the MLflow child run
     params: dict[str, Any]  # the sampled parameters (dotted paths)
@@ -57,45 +57,75 @@ class TrialRecord:
     state: str = "RUNNING"  # RUNNING, COMPLETE, PRUNED, ERROR
     steps: int = 0
     placement: dict[str, Any] = field(default_factory=dict)  # node and accelerators the trial ran on
+    ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
 
     @property
     def best_fid(self) -> float | None:
         return min((f for _, f in self.fids), default=None)
 
 
+def trial_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+_FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
+
+
 class OptunaBridge:
+    """The study and the sweep's trials, keyed by name (``trial_<Optuna number>``), never by Ray's trial id:
+    after a driver dies, a trial it had asked Optuna for but Ray had not yet saved is handed to the next
+    Ray trial (``new_trial``), which continues it in the same folder and MLflow run."""
+
     def __init__(self, spec: SweepSpec, study: optuna.Study, tracker: SweepTracker, parent_id: str, sweep: str,
                  trial_context: dict[str, Any]):
         self.spec, self.study, self.tracker, self.parent_id, self.sweep = spec, study, tracker, parent_id, sweep
         self.trial_context = trial_context  # what every trial needs besides its config (tracking, storage)
         self.records: dict[str, TrialRecord] = {}
-        self._live: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> Optuna trial handle
+        self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
         self.max_steps = spec.trial_config({}).steps  # the last evaluation is never pruned
 
+    def _record(self, ray_trial_id: str) -> TrialRecord | None:
+        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
+
     # -- the searcher's side ------------------------------------------------------------------------------
 
-    def new_trial(self, trial_id: str) -> dict[str, Any]:
-        if trial_id in self.records:  # Ray asks again for a trial it restores
-            return self._trial_config(self.records[trial_id])
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any]:
+        record = self._record(ray_trial_id)
+        if record is None:
+            record = self._orphan() or self._ask()
+            record.ray_trial_id = ray_trial_id
+        return self._trial_config(record)
+
+    def _ask(self) -> TrialRecord:
         trial = self.study.ask()
         params = self.spec.sample(trial)
+        name = trial_name(trial.number)
         config = self.spec.trial_config(params)
-        run_id = self.tracker.start_child(self.parent_id, self.sweep, trial_id,
+        run_id = self.tracker.start_child(self.parent_id, self.sweep, name,
                                           flatten(to_dict(config)), tags={"fpa.optuna_trial": str(trial.number)})
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        record = TrialRecord(trial_id, trial.number, run_id, params)
-        self.records[trial_id], self._live[trial_id] = record, trial
-        log.info("trial %s (Optuna #%d): %s", trial_id, trial.number, params)
-        return self._trial_config(record)
+        for key, value in (("fpa.trial", name), ("fpa.params", params), ("mlflow_run_id", run_id)):
+            trial.set_user_attr(key, value)
+        record = TrialRecord(name, trial.number, run_id, params)
+        self.records[name], self._live[name] = record, trial
+        log.info("%s (Optuna #%d): %s", name, trial.number, params)
+        return record
+
+    def _orphan(self) -> TrialRecord | None:
+        """A running trial that no Ray trial holds: asked for by a driver that died before Ray saved it."""
+        orphans = [r for r in self.records.values() if r.state == "RUNNING" and r.ray_trial_id is None]
+        if not orphans:
+            return None
+        record = min(orphans, key=lambda r: r.number)
+        log.info("%s continues where the previous driver left it", record.trial_id)
+        return record
 
     def _trial_config(self, record: TrialRecord) -> dict[str, Any]:
         return {"train": to_dict(self.spec.trial_config(record.params)), "run_id": record.run_id,
                 "trial_id": record.trial_id, **self.trial_context}
 
-    def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        record = self.records.get(trial_id)
+    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        record = self._record(ray_trial_id)
         if record is None or record.state != "RUNNING":
             return
         if result:
@@ -108,12 +138,25 @@ class OptunaBridge:
             self._tell(record, value=record.best_fid, state=TrialState.COMPLETE)
         self.tracker.finish(record.run_id, record.state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps})
 
+    def close_out(self) -> None:
+        """At the sweep's end: a trial still RUNNING (its Ray trial lost for good) fails, in Optuna and MLflow."""
+        for record in self.records.values():
+            if record.state == "RUNNING":
+                record.state = "ERROR"
+                self._tell(record, state=TrialState.FAIL)
+                self.tracker.finish(record.run_id, "ERROR", {"fpa.steps": record.steps, "fpa.closed_out": True})
+                log.warning("%s never finished: closed out as failed", record.trial_id)
+
     # -- the scheduler's side -----------------------------------------------------------------------------
 
-    def report(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Record a reported FID; True when the pruner stops the trial."""
-        record = self.records.get(trial_id)
-        if record is None or "fid" not in result or record.state != "RUNNING":
+    def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
+        """Record a reported FID; True when the trial stops (pruned now, or finished in the study already)."""
+        record = self._record(ray_trial_id)
+        if record is None:
+            return False
+        if record.state != "RUNNING":  # e.g. pruned by a driver that died before Ray saved the decision
+            return True
+        if "fid" not in result:
             return False
         self._note(record, result)
         step, fid = int(result["step"]), float(result["fid"])
@@ -122,7 +165,7 @@ class OptunaBridge:
         trial = self._trial(record)
         trial.report(fid, step)  # a step reported before a restart is kept as it was
         if self.best is None or fid < self.best[0]:
-            self.best = (fid, trial_id)
+            self.best = (fid, record.trial_id)
             self.tracker.log_metric(self.parent_id, "best_fid", fid, step)
         if step >= self.max_steps or not trial.should_prune():
             return False
@@ -130,7 +173,7 @@ class OptunaBridge:
         self._tell(record, state=TrialState.PRUNED)
         self.tracker.finish(record.run_id, "PRUNED", {"fpa.pruned_at_step": step, "fpa.best_fid": record.best_fid,
                                                       "fpa.steps": record.steps})
-        log.info("trial %s pruned at step %d (FID %.3f)", trial_id, step, fid)
+        log.info("%s pruned at step %d (FID %.3f)", record.trial_id, step, fid)
         return True
 
     def _note(self, record: TrialRecord, result: dict[str, Any]) -> None:
@@ -138,6 +181,7 @@ class OptunaBridge:
         record.steps = max(record.steps, step)
         if "fid" in result and not any(s == step for s, _ in record.fids):
             record.fids.append([step, float(result["fid"])])
+            record.fids.sort()
         for key in ("node_id", "gpu_ids"):
             if key in result:
                 record.placement[key] = result[key]
@@ -160,16 +204,48 @@ class OptunaBridge:
         return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Ray's saved state of the sweep, brought up to date with the study, which a dead driver may have
+        changed after Ray's last save."""
         self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
         self.best = tuple(state["best"]) if state["best"] else None
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Take each trial's state and FIDs from the study; adopt the study's trials Ray never saved."""
+        by_number = {r.number: r for r in self.records.values()}
+        for frozen in self.study.get_trials(deepcopy=False):
+            record = by_number.get(frozen.number)
+            if record is None:
+                attrs = frozen.user_attrs
+                if "mlflow_run_id" not in attrs:  # enqueued, never asked for
+                    continue
+                record = TrialRecord(attrs.get("fpa.trial", trial_name(frozen.number)), frozen.number,
+                                     attrs["mlflow_run_id"], attrs.get("fpa.params", frozen.params))
+                self.records[record.trial_id] = record
+            for step, fid in frozen.intermediate_values.items():
+                self._note(record, {"step": step, "fid": fid})
+            if frozen.state in _FINISHED:
+                record.state = _FINISHED[frozen.state]
+            if record.best_fid is not None and (self.best is None or record.best_fid < self.best[0]):
+                self.best = (record.best_fid, record.trial_id)
 
 
 class OptunaSearcher(Searcher):
-    """Ray Tune's view of the bridge: suggest() asks Optuna, on_trial_complete() tells it."""
+    """Ray Tune's view of the bridge: suggest() asks Optuna, on_trial_complete() tells it.
+
+    Ray pickles the searcher into the run's ``tuner.pkl``; the bridge (a database connection, maybe
+    with credentials) stays out of it, and a resumed sweep binds a new one (``bind``).
+    """
 
     def __init__(self, bridge: OptunaBridge):
         super().__init__(metric="fid", mode="min")
         self.bridge = bridge
+
+    def bind(self, bridge: OptunaBridge) -> None:
+        self.bridge = bridge
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "bridge": None}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         return self.bridge.new_trial(trial_id)
@@ -193,7 +269,11 @@ class OptunaPruningScheduler(FIFOScheduler):
         super().__init__()
         self.bridge = bridge
 
+    def bind(self, bridge: OptunaBridge) -> None:
+        self.bridge = bridge
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "bridge": None}
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         return TrialScheduler.STOP if self.bridge.report(trial.trial_id, result) else TrialScheduler.CONTINUE
-
-

@@ -182,6 +182,12 @@ class SweepSpec:
                 "space": {param.name: param.to_dict() for param in self.params}}
 
 
+def spec_from_dict(data: dict[str, Any]) -> SweepSpec:
+    """The inverse of ``SweepSpec.to_dict`` (a sweep saved with its profile applied)."""
+    body = {key: value for key, value in data.items() if key not in ("name", "profile") and value is not None}
+    return _parse(body, data["name"], data.get("profile"), f"sweep {data['name']}")
+
+
 _CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 

@@ -1,0 +1,89 @@
+"""After a sweep's driver dies: `launch.py --resume NAME` finishes it, every trial once, in its own runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import child_runs, run_launch, sweep_file
+
+psutil = pytest.importorskip("psutil")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _trial_folders(root: Path) -> list[Path]:
+    return sorted((root / "trials").glob("trial_*"))
+
+
+def _logged_steps(folder: Path) -> list[int]:
+    path = folder / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=12, log_every=1)
+    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--storage", str(storage), "--tracking-uri", tracking]
+    root = storage / "killed"
+    driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "killed",
+                               "--num-trials", "4", "--max-concurrent", "2", "--pruner", "none", *common],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # kill it once one trial has finished and another is part-way through
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            folders = _trial_folders(root)
+            done = [f for f in folders if (f / "summary.json").is_file()]
+            midway = [f for f in folders if f not in done and max(_logged_steps(f), default=0) >= 4]
+            if done and midway:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    # What the driver started (its local Ray, the trials) goes with it, as on a lost head node.
+    _, alive = psutil.wait_procs(ray_processes, timeout=30)
+    for process in alive:
+        process.kill()
+    before = {f.name: max(_logged_steps(f), default=0) for f in _trial_folders(root)}
+    assert not (root / "summary.json").exists()
+
+    assert run_launch("--resume", "nope", *common).returncode == 2
+    missing = run_launch("--resume", "nope", *common)
+    assert "killed" in missing.stderr and "nope" in missing.stderr  # names the sweeps that exist
+    assert run_launch("--resume", "killed", "--num-trials", "9", *common).returncode == 2
+
+    result = run_launch("--resume", "killed", *common, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    summary = json.loads((root / "summary.json").read_text())
+    names = [t["trial_id"] for t in summary["trials"]]
+    assert len(names) == 4 and len(set(names)) == 4, names  # every trial exactly once
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    assert all(t["steps"] == 12 for t in summary["trials"])
+    for name, steps_then in before.items():  # a trial redid at most one FID interval (3 steps)
+        records = [json.loads(line) for line in (root / "trials" / name / "metrics.jsonl").read_text().splitlines()]
+        resumed = [r for r in records if r.get("event") == "resumed"]
+        assert all(r["lost_steps"] <= 3 for r in resumed), resumed
+        if 0 < steps_then < 12:
+            assert resumed and resumed[0]["step"] >= steps_then - 3, (name, steps_then, resumed)
+
+    client, parent, runs = child_runs(tracking, summary)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["fpa.trial_id"] for r in runs) == sorted(names)  # no duplicate child runs
+    assert {r.info.run_id for r in runs} == {t["run_id"] for t in summary["trials"]}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4

@@ -1,0 +1,90 @@
+"""The U-Net refinement stage (Sec. 3.2): shapes, size, a frozen FPA, and a stage run end to end."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fpa_core import checkpoint
+from fpa_core.config import ConfigError
+from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.paint import draw, load_generator
+from fpa_core.train_config import load_config
+from fpa_core.trainer import Trainer
+from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
+from test_train import TINY
+
+TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 2], "blocks": 1, "groups": 4}
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (64, 64)])
+def test_the_unet_keeps_the_image_shape(size):
+    unet = UNet(UNetConfig(**TINY_UNET))
+    image = torch.randn(2, 3, *size)
+    assert unet(image).shape == image.shape
+
+
+def test_the_default_unet_has_about_8m_parameters():  # Appendix C.1: "a total of 8 M parameters"
+    count = sum(p.numel() for p in UNet(UNetConfig()).parameters())
+    assert 7.5e6 < count < 9e6, count
+
+
+def test_bad_unet_fields_are_named():
+    with pytest.raises(ConfigError, match="unet.groups: 3 must divide"):
+        load_config("digits", {**TINY, "stage": "unet", "unet": {"groups": 3}})
+    with pytest.raises(ConfigError) as e:  # five halvings of a 16x16 image, and no base to refine
+        load_config("digits", {**TINY, "stage": "unet", "unet": {**TINY_UNET, "dim_mults": [1, 2, 2, 2, 2]}})
+    assert "unet.dim_mults" in str(e.value) and "base_generator" in str(e.value)
+
+
+def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
+    base_run = tmp_path / "fpa"
+    Trainer(load_config("digits", TINY), str(base_run)).train()
+    base_uri = str(base_run / "checkpoints" / "best.pt")
+    config = load_config("digits", {**TINY, "stage": "unet", "base_generator": base_uri, "unet": TINY_UNET,
+                                    "model": {**TINY["model"], "d_hidden": 999}})  # the base decides the model
+    trainer = Trainer(config, str(tmp_path / "unet"))
+    assert isinstance(trainer.G, RefinedGenerator) and trainer.cfg.model.d_hidden == TINY["model"]["d_hidden"]
+    fpa_before = {k: v.clone() for k, v in trainer.G.fpa.state_dict().items()}
+    unet_before = {k: v.clone() for k, v in trainer.G.unet.state_dict().items()}
+    summary = trainer.train()
+
+    assert all(torch.equal(v, fpa_before[k]) for k, v in trainer.G.fpa.state_dict().items())
+    assert any(not torch.equal(v, unet_before[k]) for k, v in trainer.G.unet.state_dict().items())
+    base_state = checkpoint.load(base_uri)
+    base_fid = dict(base_state["fid_history"])[base_state["step"]]
+    assert summary["stage"] == "unet" and summary["base"]["fid"] == base_fid and summary["best_fid"] is not None
+    strip = Image.open(tmp_path / "unet" / "painting" / "strip-00000008.png")
+    assert strip.size == (9 * 18 + 2, 2 * 2 * 18 + 2)  # T = 8 canvases, then the U-Net's output
+
+    generator = load_generator(str(tmp_path / "unet" / "checkpoints" / "best.pt"))
+    assert isinstance(generator, RefinedGenerator) and isinstance(generator.fpa, FPAGenerator)
+    assert set(draw(generator, str(tmp_path / "pictures"), samples=4, paintings=1)) == {
+        "grid.png", "painting.png", "painting.gif"}
+
+
+def test_a_unet_stage_resumes_without_its_base_file(tmp_path):
+    Trainer(load_config("digits", {**TINY, "steps": 4}), str(tmp_path / "fpa")).train()
+    base = tmp_path / "fpa" / "checkpoints" / "best.pt"
+    config = load_config("digits", {**TINY, "steps": 4, "stage": "unet", "base_generator": str(base),
+                                    "unet": TINY_UNET})
+    Trainer(config, str(tmp_path / "unet")).train()
+    base.unlink()  # the stage's checkpoints hold the frozen FPA's weights too
+    summary = Trainer.resume(str(tmp_path / "unet"), {"steps": 6}).train()
+    assert summary["steps"] == 6
+
+
+def test_a_unet_needs_an_fpa_base_of_the_right_size(tmp_path):
+    Trainer(load_config("digits", {**TINY, "steps": 2}), str(tmp_path / "fpa")).train()
+    base = str(tmp_path / "fpa" / "checkpoints" / "best.pt")
+    config = load_config("digits", {**TINY, "stage": "unet", "base_generator": base, "unet": TINY_UNET,
+                                    "data": {"resolution": 32}, "model": {"height": 32, "width": 32}})
+    with pytest.raises(ValueError, match="data.resolution"):
+        Trainer(config, str(tmp_path / "unet"))
+
+
+def test_refined_generator_forward_is_unet_of_fpa():
+    fpa = FPAGenerator(ModelConfig(d_latent=8, d_in=2, d_in_proj=8, d_hidden=16, height=16, width=16, steps=4))
+    refined = RefinedGenerator(fpa, UNet(UNetConfig(**TINY_UNET))).eval()
+    z = torch.randn(3, 8)
+    assert torch.allclose(refined(z), refined.unet(fpa(z)), atol=1e-5)
+    assert not any(p.requires_grad for p in refined.fpa.parameters())
