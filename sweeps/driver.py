@@ -44,6 +44,8 @@ class SweepSettings:
     seed: int = 0
     address: str | None = None
     profile: str | None = None
+    stage: str = "fpa"  # fpa, or unet: a U-Net on the frozen FPA of ``base``
+    base: str | None = None  # stage unet: champion, models:/NAME@ALIAS or /NAME/VERSION, or a checkpoint
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in MLflow and summary.json: no credential in any URL."""
@@ -67,9 +69,42 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     if storage.exists(storage.join(sweep_root, SWEEP_FILE)):
         raise ValueError(f"{sweep_root} already holds a sweep named {settings.name}: continue it with "
                          f"--resume {settings.name}, or choose another --name")
+    base = None
+    if settings.stage == "unet":
+        spec, base = _unet_stage(spec, settings, sweep_root)
     storage.write_bytes(storage.join(sweep_root, SWEEP_FILE), json.dumps(
-        {"spec": spec.to_dict(), "settings": settings.public()}, indent=2).encode())
-    return _run(spec, settings, resume=False)
+        {"spec": spec.to_dict(), "settings": settings.public(), "base": base}, indent=2).encode())
+    return _run(spec, settings, resume=False, base=base)
+
+
+def _unet_stage(spec: SweepSpec, settings: SweepSettings, sweep_root: str) -> tuple[SweepSpec, dict[str, Any]]:
+    """The frozen FPA of a U-Net sweep: copied into the sweep's folder (every trial, on any node, reads it
+    there), its model section fixed in every trial, its FID kept to show beside the U-Net's."""
+    from fpa_core import checkpoint
+
+    source = settings.base or "champion"
+    if source == "champion":
+        from sweeps.registry import model_name
+
+        source = f"models:/{model_name(spec.dataset)}@champion"
+    if source.startswith("models:/"):
+        from sweeps.registry import download_model
+
+        local = download_model(source, settings.tracking_uri)
+    else:
+        local = source
+    state = checkpoint.load(local)
+    if state["config"].get("stage", "fpa") != "fpa":
+        raise ValueError(f"--base {source} is itself a U-Net stage; give an FPA (its checkpoint or registered model)")
+    uri = storage.join(sweep_root, "base", "generator.pt")
+    checkpoint.save(uri, checkpoint.generator_only(state))
+    fids = {int(s): f for s, f in state["fid_history"]}
+    base = {"source": source, "uri": uri, "step": state["step"], "fid": fids.get(state["step"]),
+            "fid_calibrated": state["fid_calibrated"]}
+    log.info("U-Net stage on %s (step %d, FID %s)", source, base["step"], base["fid"])
+    fixed = {"stage": "unet", "base_generator": uri,
+             **{f"model.{key}": value for key, value in state["config"]["model"].items()}}
+    return spec.with_fixed(fixed), base
 
 
 def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = None,
@@ -83,7 +118,7 @@ def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = Non
                                 "tracking_uri": tracking_uri or recorded["tracking_uri"],
                                 "optuna_storage": optuna_storage or recorded["optuna_storage"],
                                 "address": address})
-    return _run(spec_from_dict(saved["spec"]), settings, resume=True)
+    return _run(spec_from_dict(saved["spec"]), settings, resume=True, base=saved.get("base"))
 
 
 def load_saved_sweep(storage_root: str, name: str) -> dict[str, Any]:
@@ -102,11 +137,12 @@ def list_sweeps(storage_root: str) -> list[str]:
             if storage.exists(storage.join(storage_root, name, SWEEP_FILE))]
 
 
-def _run(spec: SweepSpec, settings: SweepSettings, resume: bool) -> dict[str, Any]:
+def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
     sweep_root = storage.join(settings.storage, settings.name)
     tracking_uri = settings.tracking_uri or default_tracking_uri()
     optuna_storage = settings.optuna_storage or _default_optuna_storage(settings)
-    base = spec.trial_config({})
+    config = spec.trial_config({})
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
     if not ray.is_initialized():
@@ -125,10 +161,12 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool) -> dict[str, An
         parent_id = tracker.start_parent(settings.name, {
             **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
             "sweep.resources": json.dumps(resources)}, spec.to_dict())
+        if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
+            tracker.log_metric(parent_id, "base_fid", base["fid"], base["step"])
     study = optuna.create_study(
         study_name=settings.name, storage=optuna_storage, direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
-        pruner=make_pruner(settings.pruner, settings.warmup, base.fid.every, base.steps))
+        pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps))
     first = spec.first_params()
     if first is not None and not study.trials:
         study.enqueue_trial(first, skip_if_exists=True)
@@ -152,7 +190,7 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool) -> dict[str, An
     tuner.fit()
     bridge.close_out()
 
-    summary = _summary(spec, settings, bridge, tracking_uri, parent_id, base.fid.backbone == "inception")
+    summary = _summary(spec, settings, bridge, tracking_uri, parent_id, config.fid.backbone == "inception", base)
     _finish_parent(tracker, parent_id, spec, summary, bridge)
     summary_uri = storage.join(sweep_root, "summary.json")
     storage.write_bytes(summary_uri, json.dumps(summary, indent=2).encode())
@@ -222,7 +260,7 @@ def _describe_resources(resources: dict[str, float]) -> str:
 
 
 def _summary(spec: SweepSpec, settings: SweepSettings, bridge: OptunaBridge, tracking_uri: str, parent_id: str,
-             calibrated: bool) -> dict[str, Any]:
+             calibrated: bool, base: dict[str, Any] | None = None) -> dict[str, Any]:
     trials = []
     for record in sorted(bridge.records.values(), key=lambda r: r.number):
         trials.append({"trial_id": record.trial_id, "optuna_trial": record.number,
@@ -239,7 +277,7 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: OptunaBridge, tra
                 "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(tracking_uri),
             "parent_run_id": parent_id, "fid_calibrated": calibrated, "settings": settings.public(),
-            "best": best, "trials": trials}
+            "stage": settings.stage, "base": base, "best": best, "trials": trials}
 
 
 def _finish_parent(tracker: SweepTracker, parent_id: str, spec: SweepSpec, summary: dict[str, Any],
@@ -268,6 +306,10 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     label = "FID" if summary["fid_calibrated"] else "FID (uncalibrated: inception-random)"
+    if summary.get("base"):
+        base_fid = summary["base"]["fid"]
+        print(f"\nbase FPA: {summary['base']['source']}, {label} "
+              f"{'-' if base_fid is None else f'{base_fid:.3f}'} (the U-Net trials refine its output)")
     if summary["best"]:
         best = summary["best"]
         print(f"\nbest: trial {best['trial_id']}, {label} {best['fid']:.3f}, checkpoint {best['checkpoint']}")

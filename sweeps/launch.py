@@ -5,6 +5,7 @@ on their periodic FID, MLflow records every trial.
     python sweeps/launch.py --dataset digits --profile demo         # the embedded default, on this machine
     python sweeps/launch.py --dataset metfaces --submit http://HEAD:8265    # as a Ray Job on a cluster
     python sweeps/launch.py --resume metfaces-20261128-101500       # continue a sweep whose driver died
+    python sweeps/launch.py --dataset metfaces --stage unet --base champion   # U-Net on the champion FPA
 
 Writes <storage>/<name>/summary.json and prints the trials, the best config and where to look.
 """
@@ -32,7 +33,8 @@ PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "name"),
                 ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
                 ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"), ("--pruner", "pruner"),
-                ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides")]
+                ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides"), ("--stage", "stage"),
+                ("--base", "base")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help=f"the sweep to run: {', '.join(sweep_names())}, or a sweep YAML file")
     p.add_argument("--resume", metavar="NAME", help="continue the sweep NAME (in --storage) whose driver died")
     p.add_argument("--profile", help="a named profile of the sweep file (e.g. demo)")
+    p.add_argument("--stage", choices=("fpa", "unet"), default="fpa",
+                   help="fpa (default), or unet: sweep a U-Net refining the frozen FPA of --base (Sec. 3.2)")
+    p.add_argument("--base", help="with --stage unet: champion (the registry's, default), models:/NAME@ALIAS, "
+                                  "or an FPA checkpoint (local or s3://)")
     p.add_argument("--name", help="the sweep's name (default: DATASET-YYYYmmdd-HHMMSS)")
     p.add_argument("--num-trials", type=int, help="trials to run (default: the sweep file's, else 20)")
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: as resources allow)")
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         return _resume(parser, args, argv)
     try:
-        spec = load_sweep(args.dataset, args.profile)
+        spec = load_sweep(args.dataset, args.profile, args.stage)
         fixed = parse_overrides(args.overrides)
         if fixed:
             spec = spec.with_fixed(fixed)
@@ -87,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from sweeps.driver import SweepSettings, run_sweep
 
-    name = args.name or f"{Path(spec.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stage = "-unet" if args.stage == "unet" else ""
+    name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = SweepSettings(
-        name=name, storage=_absolute(args.storage), tracking_uri=args.tracking_uri,
+        name=name, storage=absolute_storage(args.storage), tracking_uri=args.tracking_uri,
         optuna_storage=args.optuna_storage, num_trials=args.num_trials or spec.num_trials or 20,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
-        pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile)
+        pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile,
+        stage=args.stage, base=args.base if args.stage == "unet" else None)
     try:
         summary = run_sweep(spec, settings)
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
@@ -108,7 +116,7 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: lis
     from sweeps.driver import SweepNotFound, resume_sweep
 
     try:
-        summary = resume_sweep(args.resume, _absolute(args.storage), tracking_uri=args.tracking_uri,
+        summary = resume_sweep(args.resume, absolute_storage(args.storage), tracking_uri=args.tracking_uri,
                                optuna_storage=args.optuna_storage, address=args.address)
     except (SweepNotFound, SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -126,17 +134,24 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             problems.append(f"{flag} must be at least {low}, got {value}")
     if args.cpus_per_trial <= 0:
         problems.append(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.base and args.stage != "unet":
+        problems.append("--base only goes with --stage unet (the FPA that the U-Net refines)")
     if args.detach and not args.submit:
         problems.append("--detach only goes with --submit URL")
     if args.submit and args.address:
         problems.append("--submit and --address exclude each other: a submitted job runs on the cluster's head")
-    if args.tracking_uri and "@" in args.tracking_uri.split("://", 1)[-1].split("/", 1)[0]:
+    if credentials_in(args.tracking_uri):
         problems.append("--tracking-uri must not carry credentials: set MLFLOW_TRACKING_USERNAME and "
                         "MLFLOW_TRACKING_PASSWORD (or PGPASSWORD for a PostgreSQL store) in the environment")
     return problems
 
 
-def _absolute(location: str) -> str:
+def credentials_in(uri: str | None) -> bool:
+    """Whether a URL carries user-info (user:password@host)."""
+    return bool(uri) and "@" in uri.split("://", 1)[-1].split("/", 1)[0]
+
+
+def absolute_storage(location: str) -> str:
     return location if storage.is_s3(location) else str(Path(location).resolve())
 
 

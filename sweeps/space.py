@@ -21,6 +21,10 @@ see ``sweep_names()``), or anywhere else by path (``load_sweep("my-sweep.yaml")`
     profiles:                # named variants of this file: load_sweep(name, profile="demo")
       demo:
         fixed: {steps: 150}  # fixed entries are merged into the file's; any other key replaces the file's
+    stages:                  # the U-Net refinement stage's own knobs: load_sweep(name, stage="unet")
+      unet:
+        fixed: {unet.blocks: 2}              # merged into the (profiled) fixed entries
+        space: {unet.dim: [48, 64]}          # replaces the FPA's space; no first trial
 
 A condition ``if: {param: value or [values]}`` names categorical parameters that come earlier in
 ``space``; a parameter is sampled only when all of them hold, so a trial carries its active parameters
@@ -53,7 +57,8 @@ logger = logging.getLogger(__name__)
 FIRST_CHOICES = ("table3", "base")
 FID_BACKBONES = ("auto", "inception", "inception-random")
 _PROFILE_KEYS = ("dataset", "base", "first", "num_trials", "fid_backbone", "fixed", "space")  # what a profile may override
-_FILE_KEYS = (*_PROFILE_KEYS, "profiles")
+_FILE_KEYS = (*_PROFILE_KEYS, "profiles", "stages")
+STAGES = ("fpa", "unet")
 _RANGE_KEYS = ("low", "high", "log", "step")
 _ENTRY_KEYS = ("values", *_RANGE_KEYS, "if")
 
@@ -200,8 +205,9 @@ def sweep_names() -> list[str]:
     return sorted(p.stem for p in _CONFIGS_DIR.glob("*.yaml"))
 
 
-def load_sweep(name_or_path: str, profile: str | None = None) -> SweepSpec:
-    """Read and check a sweep, a packaged name (see ``sweep_names()``) or a YAML file, with ``profile`` applied.
+def load_sweep(name_or_path: str, profile: str | None = None, stage: str = "fpa") -> SweepSpec:
+    """Read and check a sweep, a packaged name (see ``sweep_names()``) or a YAML file, with ``profile`` applied,
+    and for ``stage="unet"`` the file's U-Net space in place of the FPA's.
 
     Raises SpaceError naming every problem before anything runs.
     """
@@ -219,10 +225,32 @@ def load_sweep(name_or_path: str, profile: str | None = None) -> SweepSpec:
         raise SpaceError([f"{name_or_path}: not valid YAML ({e})"], source) from None
     if not isinstance(data, dict):
         raise SpaceError([f"{name_or_path}: the top level must be a mapping of {', '.join(_FILE_KEYS)}"], source)
-    spec = _parse(_apply_profile(data, profile, source), name, profile, source)
+    spec = _parse(_apply_stage(_apply_profile(data, profile, source), stage, source), name, profile, source)
     logger.info("%s: %d parameters over base %s on %s, first trial: %s", source, len(spec.params), spec.base,
                 spec.dataset, spec.first or "sampled")
     return spec
+
+
+def _apply_stage(data: dict[str, Any], stage: str, source: str) -> dict[str, Any]:
+    """The file without its stages; for stage unet, its ``stages.unet`` fixed entries merged and space taken."""
+    stages = data.get("stages") or {}
+    out = {key: value for key, value in data.items() if key != "stages"}
+    if stage == "fpa":
+        return out
+    if stage not in STAGES:
+        raise SpaceError([f"stage {stage!r}: unknown; choose one of {', '.join(STAGES)}"], source)
+    override = stages.get(stage) if isinstance(stages, dict) else None
+    if not isinstance(override, dict) or not isinstance(override.get("space"), dict):
+        raise SpaceError([f"stages.{stage}: this sweep has no {stage} stage; add stages: {{{stage}: {{space: ...}}}}"],
+                         source)
+    bad = [f"stages.{stage}.{key}: unknown key; a stage has fixed and space" for key in override
+           if key not in ("fixed", "space")]
+    if bad:
+        raise SpaceError(bad, source)
+    out["fixed"] = {**(out.get("fixed") or {}), **(override.get("fixed") or {})}
+    out["space"] = override["space"]
+    out.pop("first", None)  # the FPA's first trial means nothing to the U-Net
+    return out
 
 
 def _apply_profile(data: dict[str, Any], profile: str | None, source: str) -> dict[str, Any]:

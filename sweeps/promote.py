@@ -1,0 +1,77 @@
+"""Promote a sweep's best generator to champion of the MLflow registered model ``fpa-<dataset>``.
+
+    python sweeps/promote.py --sweep metfaces-20261128-101500     # its best trial's best checkpoint
+    python sweeps/promote.py --run 3f2a...                         # the best checkpoint of one MLflow run
+    python sweeps/promote.py --sweep NAME --force                  # champion even if not better
+
+Registers a new version and moves the alias ``champion`` to it only when its FID beats the current
+champion's, measured the same way; the former champion keeps ``previous-champion``. Then:
+
+    python -m fpa_core.paint --model models:/fpa-metfaces@champion --out paintings/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sweeps.launch import DEFAULT_STORAGE, absolute_storage, credentials_in  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python sweeps/promote.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sweep", help="a finished sweep (its summary.json in --storage): promote its best trial")
+    source.add_argument("--run", metavar="RUN_ID", help="an MLflow trial run: promote its best checkpoint")
+    parser.add_argument("--force", action="store_true", help="make it champion even if its FID is not better")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="where the sweep ran (folder or s3://)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if credentials_in(args.tracking_uri):
+        parser.exit(2, f"{parser.prog}: error: --tracking-uri must not carry credentials: set "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment\n")
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.registry import promote, storage_summary
+    from sweeps.tracking import default_tracking_uri
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        if args.sweep:
+            summary = storage_summary(absolute_storage(args.storage), args.sweep)
+            if not summary.get("best"):
+                print(f"nothing to promote: no trial of sweep {args.sweep} reached an FID evaluation")
+                return 0
+            best, sweep = summary["best"], args.sweep
+            checkpoint_uri, run_id = best["checkpoint"], best["run_id"]
+        else:
+            run = MlflowClient(tracking_uri).get_run(args.run)
+            checkpoint_uri, run_id = run.data.tags.get("fpa.best_checkpoint"), args.run
+            sweep = run.data.tags.get("fpa.sweep")
+            if not checkpoint_uri:
+                print(f"nothing to promote: run {args.run} has no best checkpoint (no FID evaluation logged)")
+                return 0
+        result = promote(checkpoint_uri, run_id, tracking_uri, sweep=sweep, force=args.force)
+    except (ValueError, FileNotFoundError, MlflowException) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    print(result.describe())
+    if result.version is not None:
+        print(f"load it: python -m fpa_core.paint --model models:/{result.model}@champion --out DIR"
+              if result.champion else f"models:/{result.model}/{result.version}")
+    print(json.dumps({"model": result.model, "version": result.version, "champion": result.champion,
+                      "previous_champion": result.previous, "reason": result.reason}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Champion generators in the MLflow model registry: one registered model per dataset, ``fpa-<dataset>``.
+
+A version holds a checkpoint's EMA generator (``fpa_core.checkpoint.generator_only``), logged as an
+artifact of the run that trained it. The alias ``champion`` names the best version, ``previous-champion``
+the one it replaced (aliases, not the deprecated stages). Two FIDs are compared only when they were
+measured the same way (``fid_settings``): a calibrated and an uncalibrated FID never are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fpa_core import checkpoint, storage
+from sweeps.tracking import _slug, default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS = "champion", "previous-champion"
+
+
+def model_name(dataset: str) -> str:
+    """fpa-metfaces; a dataset given as a folder or zip is named after its file name."""
+    return "fpa-" + _slug(Path(dataset).stem if ("/" in dataset or dataset.endswith(".zip")) else dataset)
+
+
+def fid_settings(config: dict[str, Any]) -> str:
+    """What makes two FIDs comparable: the backbone (calibrated or not), feature size, sample count,
+    image format, dataset and resolution. A canonical JSON string, kept as a version tag."""
+    fid, data = config["fid"], config["data"]
+    return json.dumps({"backbone": fid["backbone"], "dims": fid["dims"], "num_images": fid["num_images"],
+                       "image_format": fid["image_format"], "dataset": data["dataset"],
+                       "resolution": data["resolution"]}, sort_keys=True)
+
+
+@dataclass
+class Promotion:
+    """What ``promote`` did: ``version`` registered (None when nothing was), and whether it is champion now."""
+
+    model: str
+    version: int | None
+    champion: bool
+    reason: str
+    previous: int | None = None  # the former champion, now previous-champion
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.version is None:
+            return f"nothing to promote: {self.reason}"
+        head = f"registered {self.model} version {self.version}"
+        if not self.champion:
+            return f"{head}; champion unchanged: {self.reason}"
+        after = f"; version {self.previous} is now {PREVIOUS}" if self.previous else ""
+        return f"{head}; it is now {CHAMPION} ({self.reason}){after}"
+
+
+def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *, sweep: str | None = None,
+            force: bool = False) -> Promotion:
+    """Register the EMA generator of ``checkpoint_uri`` (trained in MLflow run ``run_id``) and make it the
+    champion if its FID beats the current champion's under the same FID settings (or ``force``)."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    state = checkpoint.load(checkpoint_uri)
+    config, step = state["config"], int(state["step"])
+    name = model_name(config["data"]["dataset"])
+    fid = dict((int(s), f) for s, f in state["fid_history"]).get(step)
+    if fid is None:
+        return Promotion(name, None, False, f"{checkpoint_uri} has no FID at its step {step}")
+    for version in _versions_of_run(client, name, run_id):
+        if version.tags.get("fpa.checkpoint") == checkpoint_uri and version.tags.get("fpa.step") == str(step):
+            return Promotion(name, None, False, f"version {version.version} of {name} already holds this checkpoint "
+                                                f"(run {run_id}, step {step})")
+
+    settings = fid_settings(config)
+    tags = {"fpa.fid": repr(fid), "fpa.step": str(step), "fpa.fid_settings": settings,
+            "fpa.fid_calibrated": str(bool(state["fid_calibrated"])).lower(), "fpa.checkpoint": checkpoint_uri,
+            "fpa.sweep": sweep or "", "fpa.stage": config.get("stage", "fpa"),
+            "fpa.config": json.dumps(config, sort_keys=True, separators=(",", ":"))}
+    source = _log_generator(client, run_id, state, step)
+    _ensure_model(client, name)
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    current = _by_alias(client, name, CHAMPION)
+
+    if current is None:
+        move, reason = True, "the first champion"
+    elif force:
+        move, reason = True, f"--force, over version {current.version}"
+    elif current.tags.get("fpa.fid_settings") != settings:
+        move, reason = False, (f"its FID was not measured like champion version {current.version}'s "
+                               f"({_difference(current.tags.get('fpa.fid_settings'), settings)}); "
+                               "use --force to promote it anyway")
+    elif fid < float(current.tags["fpa.fid"]):
+        move, reason = True, f"FID {fid:.3f} beats version {current.version}'s {float(current.tags['fpa.fid']):.3f}"
+    else:
+        move, reason = False, (f"its FID {fid:.3f} does not beat version {current.version}'s "
+                               f"{float(current.tags['fpa.fid']):.3f}")
+    previous = None
+    if move:
+        if current is not None:
+            client.set_registered_model_alias(name, PREVIOUS, current.version)
+            previous = int(current.version)
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return Promotion(name, int(version.version), move, reason, previous, tags)
+
+
+def download_model(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the local path of its generator file.
+    Registered as fpa_core's resolver of models:/ URIs (pyproject entry point)."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    reference = uri[len("models:/"):]
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = reference.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except (MlflowException, ValueError) as e:
+        raise ValueError(f"{uri}: no such registered model version in {client.tracking_uri} ({e}); "
+                         "promote one with python sweeps/promote.py --sweep NAME") from None
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
+    return str(Path(folder, "generator.pt"))
+
+
+def champion_fid(tracking_uri: str | None, dataset: str) -> dict[str, Any] | None:
+    """The current champion of a dataset: version, FID and FID settings; None without one."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    current = _by_alias(client, model_name(dataset), CHAMPION)
+    if current is None:
+        return None
+    return {"version": int(current.version), "fid": float(current.tags["fpa.fid"]),
+            "fid_settings": current.tags.get("fpa.fid_settings")}
+
+
+def _log_generator(client: MlflowClient, run_id: str, state: dict[str, Any], step: int) -> str:
+    path = f"generator-step{step:08d}"
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint.save(str(Path(folder, "generator.pt")), checkpoint.generator_only(state))
+        Path(folder, "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+        client.log_artifacts(run_id, folder, path)
+    return f"runs:/{run_id}/{path}"
+
+
+def _ensure_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Fast Weight Painter generators; alias champion is the "
+                                                         "best by FID, previous-champion the one it replaced")
+
+
+def _by_alias(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _versions_of_run(client: MlflowClient, name: str, run_id: str) -> list:
+    try:
+        return client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return []
+
+
+def _difference(old: str | None, new: str) -> str:
+    if old is None:
+        return "the champion has no FID settings recorded"
+    before, after = json.loads(old), json.loads(new)
+    return ", ".join(f"{k} {before.get(k)!r} vs {after.get(k)!r}" for k in sorted(after) if before.get(k) != after[k])
+
+
+def storage_summary(storage_root: str, sweep: str) -> dict[str, Any]:
+    """A finished sweep's summary.json, or ValueError naming the sweeps the storage holds."""
+    from sweeps.driver import list_sweeps
+
+    try:
+        return json.loads(storage.read_bytes(storage.join(storage_root, sweep, "summary.json")))
+    except FileNotFoundError:
+        known = list_sweeps(storage_root)
+        raise ValueError(f"no finished sweep named {sweep!r} in {storage_root} (no summary.json); it holds "
+                         f"{', '.join(known) if known else 'no sweeps'}") from None

@@ -1,0 +1,108 @@
+"""After a sweep: promote its best generator to champion, load it by name, refine it with a U-Net stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import run_launch, settings, sweep_file
+from fpa_core import checkpoint
+from fpa_core.model import FPAGenerator
+from fpa_core.paint import load_generator
+from fpa_core.unet import RefinedGenerator
+
+pytest.importorskip("ray")
+
+from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
+from sweeps.registry import model_name, promote  # noqa: E402
+from sweeps.space import load_sweep  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_promote(*args):
+    return subprocess.run([sys.executable, "sweeps/promote.py", *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, image_folder, local_ray):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
+    s = settings(tmp_path, num_trials=2)
+    summary = run_sweep(load_sweep(sweep), s)
+    flags = ["--storage", s.storage, "--tracking-uri", s.tracking_uri]
+    name = model_name(summary["dataset"])
+    client = MlflowClient(s.tracking_uri)
+
+    first = run_promote("--sweep", s.name, *flags)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.splitlines()[-1]) == {
+        "model": name, "version": 1, "champion": True, "previous_champion": None, "reason": "the first champion"}
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.run_id == summary["best"]["run_id"]
+    assert float(champion.tags["fpa.fid"]) == summary["best"]["fid"] and champion.tags["fpa.sweep"] == s.name
+    assert champion.tags["fpa.checkpoint"] == summary["best"]["checkpoint"]
+    assert json.loads(champion.tags["fpa.config"])["model"]["d_hidden"] == summary["best"]["config"]["model"]["d_hidden"]
+
+    again = run_promote("--sweep", s.name, *flags)
+    assert again.returncode == 0 and "nothing to promote" in again.stdout and "already holds" in again.stdout
+
+    worse = max(summary["trials"], key=lambda t: t["best_fid"])
+    second = run_promote("--run", worse["run_id"], *flags)
+    assert second.returncode == 0 and "champion unchanged" in second.stdout
+    assert client.get_model_version_by_alias(name, "champion").version == 1
+
+    # An FID measured another way (here 192-d features) is never compared, however low.
+    state = checkpoint.load(summary["best"]["checkpoint"])
+    state["config"]["fid"]["dims"] = 192
+    state["fid_history"] = [[state["step"], 0.01]]
+    other = str(tmp_path / "other-fid.pt")
+    checkpoint.save(other, {k: v for k, v in state.items() if k != "format_version"})
+    result = promote(other, worse["run_id"], s.tracking_uri)
+    assert not result.champion and "dims 64 vs 192" in result.reason
+
+    # The champion by name, from Python and from the command line.
+    generator = load_generator(f"models:/{name}@champion", tracking_uri=s.tracking_uri)
+    assert isinstance(generator, FPAGenerator)
+    painted = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--model", f"models:/{name}@champion",
+                              "--tracking-uri", s.tracking_uri, "--out", str(tmp_path / "pictures"), "--samples", "4"],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert painted.returncode == 0, painted.stderr[-2000:]
+    assert {p.name for p in (tmp_path / "pictures").iterdir()} == {"grid.png", "painting.png", "painting.gif"}
+
+    # A U-Net stage on the champion: its FIDs beside the base's, and it is promotable.
+    unet_sweep = load_sweep(sweep_file(tmp_path, image_folder, {"unet.dim": [4, 8]}, **{
+        "unet.dim_mults": [1, 2, 2], "unet.groups": 4, "unet.blocks": 1}))
+    u = SweepSettings(**{**settings(tmp_path, num_trials=1).__dict__, "stage": "unet", "base": "champion"})
+    refined = run_sweep(unet_sweep, u)
+    assert refined["stage"] == "unet" and refined["base"]["source"] == f"models:/{name}@champion"
+    assert refined["base"]["fid"] == summary["best"]["fid"] and refined["best"]["fid"] is not None
+    assert refined["best"]["config"]["model"]["d_hidden"] == summary["best"]["config"]["model"]["d_hidden"]
+    parent = client.get_run(refined["parent_run_id"])
+    assert parent.data.metrics["base_fid"] == summary["best"]["fid"]
+    forced = run_promote("--sweep", u.name, "--force", *flags)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    record = json.loads(forced.stdout.splitlines()[-1])
+    assert record["champion"] and record["previous_champion"] == 1
+    assert client.get_model_version_by_alias(name, "previous-champion").version == 1
+    champion = load_generator(f"models:/{name}@champion", tracking_uri=s.tracking_uri)
+    assert isinstance(champion, RefinedGenerator)
+    with torch.no_grad():
+        assert champion(torch.randn(2, champion.config.d_latent)).shape == (2, 3, 16, 16)
+
+
+def test_promote_and_resume_reject_bad_input(tmp_path):
+    flags = ["--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    missing = run_promote("--sweep", "nope", *flags)
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    assert run_promote(*flags).returncode == 2  # --sweep or --run is required
+    assert run_launch("--dataset", "digits", "--base", "champion").returncode == 2  # --base needs --stage unet
+    bad_model = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--model", "models:/fpa-nope@champion",
+                                "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "p")],
+                               capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad_model.returncode == 2 and "sweeps/promote.py" in bad_model.stderr
