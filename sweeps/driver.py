@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ import ray
 import yaml
 from ray import tune
 
-from fpa_core import storage
+from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
 from fpa_core.fid import FIDWeightsUnavailable, find_weights
-from sweeps.search import OptunaBridge, OptunaPruningScheduler, OptunaSearcher, make_pruner
-from sweeps.space import SweepSpec, spec_from_dict
+from sweeps.search import BridgeScheduler, BridgeSearcher, FixedTrials, OptunaBridge, TrialRecord, make_pruner
+from sweeps.space import SweepSpec, flatten, spec_from_dict
 from sweeps.tracking import SweepTracker, default_tracking_uri, is_local_store, plot_fid_curves, redact, ui_command
 from sweeps.trainable import run_trial, trial_resources
 
@@ -80,8 +81,6 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
 def _unet_stage(spec: SweepSpec, settings: SweepSettings, sweep_root: str) -> tuple[SweepSpec, dict[str, Any]]:
     """The frozen FPA of a U-Net sweep: copied into the sweep's folder (every trial, on any node, reads it
     there), its model section fixed in every trial, its FID kept to show beside the U-Net's."""
-    from fpa_core import checkpoint
-
     source = settings.base or "champion"
     if source == "champion":
         from sweeps.registry import model_name
@@ -139,28 +138,16 @@ def list_sweeps(storage_root: str) -> list[str]:
 
 def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str, Any] | None = None
          ) -> dict[str, Any]:
-    sweep_root = storage.join(settings.storage, settings.name)
     tracking_uri = settings.tracking_uri or default_tracking_uri()
     optuna_storage = settings.optuna_storage or _default_optuna_storage(settings)
     config = spec.trial_config({})
-
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
-    if not ray.is_initialized():
-        ray.init(address=settings.address, include_dashboard=False, configure_logging=False)
-    use_gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    resources = trial_resources(settings.cpus_per_trial, use_gpus)
-    log.info("Ray cluster: %s; each trial takes %s", _describe_resources(ray.cluster_resources()), resources)
-
-    tracker = SweepTracker(tracking_uri, spec.dataset,
-                           artifact_root=storage.join(settings.storage, "mlartifacts")
-                           if storage.is_s3(settings.storage) and is_local_store(tracking_uri) else None)
+    resources = _connect(settings)
+    tracker = _tracker(settings, tracking_uri, spec.dataset)
     parent_id = tracker.find_parent(settings.name) if resume else None
     if parent_id is not None:
         tracker.client.update_run(parent_id, "RUNNING")
     else:
-        parent_id = tracker.start_parent(settings.name, {
-            **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
-            "sweep.resources": json.dumps(resources)}, spec.to_dict())
+        parent_id = _start_parent(tracker, settings, spec, resources)
         if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
             tracker.log_metric(parent_id, "base_fid", base["fid"], base["step"])
     study = optuna.create_study(
@@ -173,28 +160,112 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
         log.info("the first trial is %s: %s", origin, first)
 
-    bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, {
-        "out_root": sweep_root, "tracking_uri": tracking_uri, "threads": max(1, int(settings.cpus_per_trial))})
+    bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, _trial_context(settings, tracking_uri))
     trainable = tune.with_resources(run_trial, resources)
-    if resume:
-        tuner = _restored_tuner(settings, trainable, bridge)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=OptunaSearcher(bridge), scheduler=OptunaPruningScheduler(bridge),
-                                        num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
-                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+    tuner = _restored_tuner(settings, trainable, bridge) if resume else _new_tuner(settings, trainable, bridge)
     tuner.fit()
     bridge.close_out()
+    return _finish(spec, settings, bridge, tracker, parent_id, config.fid.backbone == "inception", base)
 
-    summary = _summary(spec, settings, bridge, tracking_uri, parent_id, config.fid.backbone == "inception", base)
+
+def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, start: str = "best",
+                   name: str | None = None, tracking_uri: str | None = None, address: str | None = None,
+                   cpus_per_trial: float = 1.0, max_concurrent: int | None = None) -> dict[str, Any]:
+    """Continue the ``top_k`` best trials of a finished sweep, each from its best (``start="best"``) or latest
+    checkpoint, to ``steps`` training steps, unpruned, as one new Ray Tune run. Each continuation logs into
+    a new MLflow child run linked to the trial's own (tag and param ``fpa.continues_run``)."""
+    from sweeps.registry import storage_summary
+
+    finished = storage_summary(storage_root, sweep)
+    saved = load_saved_sweep(storage_root, sweep)
+    ranked = sorted((t for t in finished["trials"] if t["best_fid"] is not None), key=lambda t: t["best_fid"])
+    if not ranked:
+        raise ValueError(f"sweep {sweep} has no trial with an FID to continue from")
+    picked = ranked[:top_k]
+    name = name or f"{sweep}-continued-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SweepSettings(**{**saved["settings"], "name": name, "storage": storage_root, "num_trials": len(picked),
+                                "pruner": "none", "optuna_storage": None, "address": address,
+                                "tracking_uri": tracking_uri or saved["settings"]["tracking_uri"],
+                                "cpus_per_trial": cpus_per_trial, "max_concurrent": max_concurrent})
+    spec = spec_from_dict(saved["spec"]).with_fixed({"steps": steps})
+    tracking_uri = settings.tracking_uri or default_tracking_uri()
+    context = _trial_context(settings, tracking_uri)
+    resources = _connect(settings)
+    tracker = _tracker(settings, tracking_uri, spec.dataset)
+    parent_id = _start_parent(tracker, settings, spec, resources, {"fpa.continues_sweep": sweep})
+
+    plans = []
+    for trial in picked:
+        folder = storage.join(storage_root, sweep, "trials", trial["trial_id"], "checkpoints")
+        latest = checkpoint.latest_checkpoints(folder)
+        origin = storage.join(folder, "best.pt") if start == "best" or not latest else latest[-1][1]
+        config = to_dict(spec.trial_config(trial["params"]))
+        run_id = tracker.start_child(parent_id, name, trial["trial_id"], {
+            **flatten(config), "fpa.continues_run": trial["run_id"]}, tags={
+            "fpa.continues_run": trial["run_id"], "fpa.continues_checkpoint": origin, "fpa.continues_sweep": sweep})
+        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"])
+        plans.append((record, {"train": config, "run_id": run_id, "trial_id": record.trial_id, "init_from": origin,
+                               **context}))
+        log.info("%s continues from %s (best FID %.3f) to step %d", record.trial_id, origin, trial["best_fid"], steps)
+    bridge = FixedTrials(plans, tracker, parent_id)
+    _new_tuner(settings, tune.with_resources(run_trial, resources), bridge).fit()
+    bridge.close_out()
+    return _finish(spec, settings, bridge, tracker, parent_id, finished["fid_calibrated"], finished.get("base"))
+
+
+def _connect(settings: SweepSettings) -> dict[str, float]:
+    """Ray, started or attached; the resources each trial takes (a GPU where the cluster has them)."""
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
+    if not ray.is_initialized():
+        # Without --address: the cluster a Ray Job runs on (RAY_ADDRESS), else a new local Ray; never a
+        # cluster that some `ray start` on this machine left behind.
+        address = settings.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+    use_gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    resources = trial_resources(settings.cpus_per_trial, use_gpus)
+    log.info("Ray cluster: %s; each trial takes %s", _describe_resources(ray.cluster_resources()), resources)
+    return resources
+
+
+def _tracker(settings: SweepSettings, tracking_uri: str, dataset: str) -> SweepTracker:
+    return SweepTracker(tracking_uri, dataset, artifact_root=storage.join(settings.storage, "mlartifacts")
+                        if storage.is_s3(settings.storage) and is_local_store(tracking_uri) else None)
+
+
+def _start_parent(tracker: SweepTracker, settings: SweepSettings, spec: SweepSpec, resources: dict[str, float],
+                  tags: dict[str, str] | None = None) -> str:
+    parent_id = tracker.start_parent(settings.name, {
+        **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": spec.dataset,
+        "sweep.resources": json.dumps(resources)}, spec.to_dict())
+    for key, value in (tags or {}).items():
+        tracker.client.set_tag(parent_id, key, value)
+    return parent_id
+
+
+def _trial_context(settings: SweepSettings, tracking_uri: str) -> dict[str, Any]:
+    """What every trial needs besides its config."""
+    return {"out_root": storage.join(settings.storage, settings.name), "tracking_uri": tracking_uri,
+            "threads": max(1, int(settings.cpus_per_trial))}
+
+
+def _new_tuner(settings: SweepSettings, trainable, bridge) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=BridgeSearcher(bridge), scheduler=BridgeScheduler(bridge),
+                                    num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+
+
+def _finish(spec: SweepSpec, settings: SweepSettings, bridge, tracker: SweepTracker, parent_id: str,
+            calibrated: bool, base: dict[str, Any] | None) -> dict[str, Any]:
+    summary = _summary(spec, settings, bridge, tracker.tracking_uri, parent_id, calibrated, base)
     _finish_parent(tracker, parent_id, spec, summary, bridge)
-    summary_uri = storage.join(sweep_root, "summary.json")
+    summary_uri = storage.join(settings.storage, settings.name, "summary.json")
     storage.write_bytes(summary_uri, json.dumps(summary, indent=2).encode())
-    _print_report(summary, summary_uri, tracking_uri)
+    _print_report(summary, summary_uri, tracker.tracking_uri)
     return summary
 
 
@@ -206,7 +277,7 @@ def _restored_tuner(settings: SweepSettings, trainable, bridge: OptunaBridge) ->
                          "died before Ray saved any); start it again under a new --name")
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                restart_errored=False, storage_filesystem=ray_storage.get("storage_filesystem"))
-    # Ray pickled the searcher and the scheduler into the run without their bridge (see OptunaSearcher);
+    # Ray pickled the searcher and the scheduler into the run without their bridge (see BridgeSearcher);
     # a restored Tuner has no public way to take live objects, so this run's bridge is bound here.
     if tuner._local_tuner is None:
         raise ValueError("--resume needs a driver attached with --address auto or on the head, not a ray:// client")

@@ -63,6 +63,17 @@ class TrialRecord:
     def best_fid(self) -> float | None:
         return min((f for _, f in self.fids), default=None)
 
+    def note(self, result: dict[str, Any]) -> None:
+        """Take a reported result: the step reached, the FID at that step (once), where the trial ran."""
+        step = int(result.get("step", self.steps))
+        self.steps = max(self.steps, step)
+        if "fid" in result and not any(s == step for s, _ in self.fids):
+            self.fids.append([step, float(result["fid"])])
+            self.fids.sort()
+        for key in ("node_id", "gpu_ids"):
+            if key in result:
+                self.placement[key] = result[key]
+
 
 def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
@@ -129,7 +140,7 @@ class OptunaBridge:
         if record is None or record.state != "RUNNING":
             return
         if result:
-            self._note(record, result)
+            record.note(result)
         if error or record.best_fid is None:  # failed, or stopped before any evaluation
             record.state = "ERROR"
             self._tell(record, state=TrialState.FAIL)
@@ -158,7 +169,7 @@ class OptunaBridge:
             return True
         if "fid" not in result:
             return False
-        self._note(record, result)
+        record.note(result)
         step, fid = int(result["step"]), float(result["fid"])
         if not math.isfinite(fid):
             return False
@@ -175,16 +186,6 @@ class OptunaBridge:
                                                       "fpa.steps": record.steps})
         log.info("%s pruned at step %d (FID %.3f)", record.trial_id, step, fid)
         return True
-
-    def _note(self, record: TrialRecord, result: dict[str, Any]) -> None:
-        step = int(result.get("step", record.steps))
-        record.steps = max(record.steps, step)
-        if "fid" in result and not any(s == step for s, _ in record.fids):
-            record.fids.append([step, float(result["fid"])])
-            record.fids.sort()
-        for key in ("node_id", "gpu_ids"):
-            if key in result:
-                record.placement[key] = result[key]
 
     def _trial(self, record: TrialRecord) -> optuna.trial.Trial:
         if record.trial_id not in self._live:  # a trial of a resumed sweep: rebuild its handle from the study
@@ -223,15 +224,69 @@ class OptunaBridge:
                                      attrs["mlflow_run_id"], attrs.get("fpa.params", frozen.params))
                 self.records[record.trial_id] = record
             for step, fid in frozen.intermediate_values.items():
-                self._note(record, {"step": step, "fid": fid})
+                record.note({"step": step, "fid": fid})
             if frozen.state in _FINISHED:
                 record.state = _FINISHED[frozen.state]
             if record.best_fid is not None and (self.best is None or record.best_fid < self.best[0]):
                 self.best = (record.best_fid, record.trial_id)
 
 
-class OptunaSearcher(Searcher):
-    """Ray Tune's view of the bridge: suggest() asks Optuna, on_trial_complete() tells it.
+class FixedTrials:
+    """The bridge's interface for trials planned in advance, e.g. the continuations of a finished sweep's best
+    trials (``sweeps/resume.py``): each Ray trial takes the next plan; nothing is sampled or pruned."""
+
+    def __init__(self, plans: list[tuple[TrialRecord, dict[str, Any]]], tracker: SweepTracker, parent_id: str):
+        self.records = {record.trial_id: record for record, _ in plans}
+        self.configs = {record.trial_id: config for record, config in plans}
+        self.tracker, self.parent_id = tracker, parent_id
+        self.best: tuple[float, str] | None = None
+
+    def _record(self, ray_trial_id: str) -> TrialRecord | None:
+        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
+
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
+        record = self._record(ray_trial_id) or next((r for r in self.records.values() if r.ray_trial_id is None),
+                                                    None)
+        if record is None:
+            return Searcher.FINISHED
+        record.ray_trial_id = ray_trial_id
+        return self.configs[record.trial_id]
+
+    def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
+        record = self._record(ray_trial_id)
+        if record is not None and "fid" in result:
+            record.note(result)
+            if self.best is None or float(result["fid"]) < self.best[0]:
+                self.best = (float(result["fid"]), record.trial_id)
+                self.tracker.log_metric(self.parent_id, "best_fid", self.best[0], int(result["step"]))
+        return False
+
+    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        record = self._record(ray_trial_id)
+        if record is None or record.state != "RUNNING":
+            return
+        if result:
+            record.note(result)
+        record.state = "ERROR" if error or record.best_fid is None else "COMPLETE"
+        self.tracker.finish(record.run_id, record.state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps})
+
+    def close_out(self) -> None:
+        for record in self.records.values():
+            if record.state == "RUNNING":
+                record.state = "ERROR"
+                self.tracker.finish(record.run_id, "ERROR", {"fpa.steps": record.steps, "fpa.closed_out": True})
+
+    def get_state(self) -> dict[str, Any]:
+        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
+        self.best = tuple(state["best"]) if state["best"] else None
+
+
+class BridgeSearcher(Searcher):
+    """Ray Tune's view of a bridge (OptunaBridge or FixedTrials): suggest() asks it for the next trial,
+    on_trial_complete() tells it how the trial ended.
 
     Ray pickles the searcher into the run's ``tuner.pkl``; the bridge (a database connection, maybe
     with credentials) stays out of it, and a resumed sweep binds a new one (``bind``).
@@ -262,8 +317,8 @@ class OptunaSearcher(Searcher):
             self.bridge.set_state(json.load(f))
 
 
-class OptunaPruningScheduler(FIFOScheduler):
-    """FIFO scheduling; after each reported FID, the Optuna pruner decides whether the trial goes on."""
+class BridgeScheduler(FIFOScheduler):
+    """FIFO scheduling; after each reported FID, the bridge (Optuna's pruner) decides whether the trial goes on."""
 
     def __init__(self, bridge: OptunaBridge):
         super().__init__()

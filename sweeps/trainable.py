@@ -61,6 +61,9 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> Trainer:
         with reported.as_directory() as folder:
             pointer = json.loads(Path(folder, POINTER).read_text())
         found.append((pointer["step"], pointer["checkpoint"]))
+    if not found and config.get("init_from"):  # a continuation: from another run's checkpoint
+        log.info("trial %s starts from %s", config["trial_id"], config["init_from"])
+        return Trainer.from_checkpoint(config["init_from"], out, overrides, on_evaluation=on_evaluation)
     if not found:
         return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation)
     step, uri = max(found)

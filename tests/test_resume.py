@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 
 from conftest import child_runs, run_launch, sweep_file
 
@@ -87,3 +88,40 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     assert all(r.info.status == "FINISHED" for r in runs)
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{root / 'optuna.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+
+
+def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
+    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--storage", str(storage), "--tracking-uri", tracking]
+    first = run_launch("--dataset", sweep, "--name", "short", "--num-trials", "3", "--pruner", "none", *common,
+                       timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    original = json.loads((storage / "short" / "summary.json").read_text())
+
+    def resume(*args):
+        return subprocess.run([sys.executable, "sweeps/resume.py", *args, *common], capture_output=True, text=True,
+                              timeout=600, cwd=ROOT)
+
+    assert resume("--sweep", "nope", "--steps", "9").returncode == 2
+    assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
+    result = resume("--sweep", "short", "--top-k", "2", "--steps", "9", "--name", "longer")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    summary = json.loads((storage / "longer" / "summary.json").read_text())
+    assert set(summary) >= {"name", "dataset", "parent_run_id", "fid_calibrated", "best", "trials"}
+    ranked = sorted(original["trials"], key=lambda t: t["best_fid"])[:2]
+    by_name = {t["trial_id"]: t for t in summary["trials"]}
+    assert set(by_name) == {t["trial_id"] for t in ranked}  # the two best, by best FID
+    client = MlflowClient(tracking)
+    for trial in ranked:
+        continued = by_name[trial["trial_id"]]
+        assert continued["state"] == "COMPLETE" and continued["steps"] == 9
+        assert [step for step, _ in continued["fids"]][-1] == 9 and continued["run_id"] != trial["run_id"]
+        run = client.get_run(continued["run_id"])
+        assert run.data.tags["fpa.continues_run"] == trial["run_id"]
+        assert run.data.params["fpa.continues_run"] == trial["run_id"]
+        assert run.data.params["steps"] == "9"
+        records = [json.loads(line) for line in
+                   (storage / "longer" / "trials" / trial["trial_id"] / "metrics.jsonl").read_text().splitlines()]
+        assert records[0]["event"] == "resumed" and records[0]["from"].endswith("best.pt")
