@@ -40,6 +40,7 @@ class SweepSettings:
     max_concurrent: int | None = None
     max_failures: int = 2
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs when the sweep starts, else 0
     pruner: str = "median"
     warmup: int = 1
     seed: int = 0
@@ -214,15 +215,19 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
 
 
 def _connect(settings: SweepSettings) -> dict[str, float]:
-    """Ray, started or attached; the resources each trial takes (a GPU where the cluster has them)."""
+    """Ray, started or attached; the resources each trial takes: ``gpus_per_trial``, else a GPU where the
+    cluster has them now. An autoscaling cluster with no GPU node up yet needs --gpus-per-trial 1, which
+    asks the autoscaler for GPU nodes."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
     if not ray.is_initialized():
         # Without --address: the cluster a Ray Job runs on (RAY_ADDRESS), else a new local Ray; never a
         # cluster that some `ray start` on this machine left behind.
         address = settings.address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, configure_logging=False)
-    use_gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    resources = trial_resources(settings.cpus_per_trial, use_gpus)
+    gpus = settings.gpus_per_trial
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    resources = trial_resources(settings.cpus_per_trial, gpus)
     log.info("Ray cluster: %s; each trial takes %s", _describe_resources(ray.cluster_resources()), resources)
     return resources
 

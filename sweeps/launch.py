@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -28,11 +29,14 @@ from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
 
 log = logging.getLogger("sweeps.launch")
 
-DEFAULT_STORAGE = "./sweeps_out"
+# Defaults a cluster's head sets in its environment (docker-compose.yml, deploy/), so that one short
+# command runs a sweep there; flags win.
+DEFAULT_STORAGE = os.environ.get("FPA_STORAGE") or "./sweeps_out"
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "name"),
                 ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
-                ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"), ("--pruner", "pruner"),
+                ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"),
+                ("--gpus-per-trial", "gpus_per_trial"), ("--pruner", "pruner"),
                 ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides"), ("--stage", "stage"),
                 ("--base", "base")]
 
@@ -52,15 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial takes (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial takes (default: 1 if the cluster has "
+                                                        "GPUs now, else 0; 1 makes an autoscaler add GPU nodes)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner (default: median)")
     p.add_argument("--warmup", type=int, default=1, help="FID evaluations of a trial before it may be pruned")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help="Ray's experiment state, checkpoints and trial folders: a folder or s3://bucket/prefix")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
-    p.add_argument("--optuna-storage", help="Optuna's database URL (default: sqlite in the sweep folder)")
+                   help="Ray's experiment state, checkpoints and trial folders: a folder or s3://bucket/prefix "
+                        "(default: FPA_STORAGE, else ./sweeps_out)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///./mlflow.db)")
+    p.add_argument("--optuna-storage", default=os.environ.get("FPA_OPTUNA_STORAGE"),
+                   help="Optuna's database URL (default: FPA_OPTUNA_STORAGE, else SQLite in the sweep folder)")
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or ray://HEAD:10001)")
     p.add_argument("--submit", metavar="URL", help="run the sweep as a Ray Job on the cluster at URL (:8265)")
     p.add_argument("--detach", action="store_true", help="with --submit: return at once with the job id")
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         name=name, storage=absolute_storage(args.storage), tracking_uri=args.tracking_uri,
         optuna_storage=args.optuna_storage, num_trials=args.num_trials or spec.num_trials or 20,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
         pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile,
         stage=args.stage, base=args.base if args.stage == "unet" else None)
     try:
@@ -134,6 +144,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             problems.append(f"{flag} must be at least {low}, got {value}")
     if args.cpus_per_trial <= 0:
         problems.append(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        problems.append(f"--gpus-per-trial must be 0 or more, got {args.gpus_per_trial}")
     if args.base and args.stage != "unet":
         problems.append("--base only goes with --stage unet (the FPA that the U-Net refines)")
     if args.detach and not args.submit:

@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--sweep", help="a finished sweep (its summary.json in --storage): promote its best trial")
     source.add_argument("--run", metavar="RUN_ID", help="an MLflow trial run: promote its best checkpoint")
     parser.add_argument("--force", action="store_true", help="make it champion even if its FID is not better")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="where the sweep ran (folder or s3://)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="where the sweep ran, a folder or s3:// (default: FPA_STORAGE, else ./sweeps_out)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                               "sqlite:///./mlflow.db)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if credentials_in(args.tracking_uri):

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", choices=("best", "latest"), default="best",
                         help="continue from each trial's best checkpoint (default) or its latest")
     parser.add_argument("--name", help="this run's name (default: SWEEP-continued-YYYYmmdd-HHMMSS)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="where the sweep ran (folder or s3://)")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="where the sweep ran, a folder or s3:// (default: FPA_STORAGE, else ./sweeps_out)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
     parser.add_argument("--address", help="attach to a running Ray cluster (e.g. auto)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial takes (default 1)")

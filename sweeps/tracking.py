@@ -43,7 +43,8 @@ def redact(uri: str | None) -> str | None:
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{Path('mlflow.db').resolve()}"
+    """MLflow's own MLFLOW_TRACKING_URI where it is set (a cluster's head sets it), else ./mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def is_local_store(tracking_uri: str) -> bool:

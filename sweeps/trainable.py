@@ -71,6 +71,6 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> Trainer:
     return Trainer.from_checkpoint(uri, out, overrides, on_evaluation=on_evaluation)
 
 
-def trial_resources(cpus_per_trial: float, use_gpus: bool) -> dict[str, float]:
-    return {"cpu": cpus_per_trial, "gpu": 1} if use_gpus else {"cpu": cpus_per_trial}
+def trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:
+    return {"cpu": cpus_per_trial, "gpu": gpus_per_trial} if gpus_per_trial else {"cpu": cpus_per_trial}
 
