@@ -27,7 +27,7 @@ from sweeps.trainable import run_trial, trial_resources
 log = logging.getLogger(__name__)
 
 KEY_PARAMS = ("model.input_generator", "model.d_latent", "model.d_hidden", "model.num_layers", "model.d_in",
-              "model.d_in_proj", "model.rule", "model.steps", "optim.lr")  # the table's columns, where sampled
+              "model.d_in_proj", "model.rule", "model.steps", "optim.lr", "unet.dim", "unet.blocks")  # where sampled
 
 
 @dataclass
@@ -371,12 +371,16 @@ def _finish_parent(tracker: SweepTracker, parent_id: str, spec: SweepSpec, summa
     tracker.client.set_terminated(parent_id, "FINISHED" if summary["best"] else "FAILED")
 
 
+def _cell(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) -> None:
     keys = [k for k in KEY_PARAMS if any(k in t["params"] for t in summary["trials"])]
     rows = [("trial", "state", "steps", "best FID", *[k.split(".")[-1] for k in keys])]
     for t in summary["trials"]:
         fid = "-" if t["best_fid"] is None else f"{t['best_fid']:.2f}"
-        rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, *[str(t["params"].get(k, "")) for k in keys]))
+        rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, *[_cell(t["params"].get(k, "")) for k in keys]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
@@ -388,7 +392,7 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
               f"{'-' if base_fid is None else f'{base_fid:.3f}'} (the U-Net trials refine its output)")
     if summary["best"]:
         best = summary["best"]
-        print(f"\nbest: trial {best['trial_id']}, {label} {best['fid']:.3f}, checkpoint {best['checkpoint']}")
+        print(f"\nbest: {best['trial_id']}, {label} {best['fid']:.3f}, checkpoint {best['checkpoint']}")
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")

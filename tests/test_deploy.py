@@ -4,8 +4,10 @@ compose file's own commands and environment, a sweep submitted through its job s
 
 from __future__ import annotations
 
+import argparse
 import base64
 import configparser
+import importlib
 import json
 import os
 import re
@@ -41,6 +43,10 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
 PROJECT_SERVICES = {"s3-init", "optuna-init", "mlflow", "ray-head", "ray-worker", "optuna-dashboard"}
 ONE_SHOT = {"s3-init", "optuna-init"}
 DEFAULT_PORTS = {"postgres": {"5432"}, "ray-worker": {"52365"}}
+# A Ray head's environment names the stores; the sweep commands take them as the defaults of --storage,
+# --tracking-uri and --optuna-storage.
+STORE_VARIABLES = ("FPA_STORAGE", "MLFLOW_TRACKING_URI", "FPA_OPTUNA_STORAGE")
+HEAD_PREFIX = "docker compose exec ray-head python "
 
 
 # -- compose's variable substitution, to read the file as compose would --
@@ -112,15 +118,45 @@ def referenced_variables(text: str) -> set[str]:
     return {m["name"] for m in _VARIABLE.finditer(text) if m["name"]}
 
 
+def head_commands() -> list[list[str]]:
+    """The commands README.md and deploy/README.md run on the compose stack's head (the same in both), each
+    as the arguments of `python`."""
+    found = {readme: sorted(ln.strip() for ln in (REPO / readme).read_text().splitlines()
+                            if ln.strip().startswith(HEAD_PREFIX)) for readme in ("README.md", "deploy/README.md")}
+    assert found["README.md"] == found["deploy/README.md"], found
+    return [shlex.split(line[len(HEAD_PREFIX):]) for line in found["README.md"]]
+
+
+def head_command(script: str, *having: str) -> list[str]:
+    """The arguments of the one head command that runs `script` with every flag in `having`."""
+    (command,) = [c for c in head_commands() if c[0] == script and set(having) <= set(c)]
+    return command[1:]
+
+
 def the_sweep_command() -> list[str]:
-    """The one command that runs a sweep on the compose stack, as README.md and deploy/README.md give it (the
-    same in both): launch.py's arguments."""
-    prefix = "docker compose exec ray-head python sweeps/launch.py "
-    lines = {readme: [ln.strip() for ln in (REPO / readme).read_text().splitlines() if ln.strip().startswith(prefix)]
-             for readme in ("README.md", "deploy/README.md")}
-    assert all(len(found) == 1 for found in lines.values()), lines
-    (line,) = {found[0] for found in lines.values()}
-    return shlex.split(line[len(prefix):])
+    """The one command that runs a sweep on the compose stack: launch.py's arguments."""
+    return head_command("sweeps/launch.py", "--dataset")
+
+
+def launch_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
+    """launch.py's arguments as a process with the environment `env` (a Ray head's) makes them out, the
+    tracking URI included. The storage defaults are read when sweeps.launch is imported, so it is reloaded
+    with `env`'s store variables, then again as it was."""
+    import sweeps.launch
+    from sweeps.tracking import default_tracking_uri
+
+    saved = {name: os.environ.pop(name, None) for name in STORE_VARIABLES}
+    try:
+        os.environ.update({name: env[name] for name in STORE_VARIABLES if env.get(name)})
+        args = importlib.reload(sweeps.launch).build_parser().parse_args(argv)
+        args.tracking_uri = args.tracking_uri or default_tracking_uri()
+        return args
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+        importlib.reload(sweeps.launch)
 
 
 def service_hosts(service: dict) -> set[str]:
@@ -253,13 +289,25 @@ def test_compose_images_and_commands():
     optuna_storage = services["optuna-dashboard"]["command"][-1]
     assert optuna_storage == "postgresql+psycopg2://fpa@postgres:5432/optuna" == services["optuna-init"]["command"][-1]
 
-    # The README's one command: launch.py accepts it, and it names this stack's pieces.
-    from sweeps.launch import build_parser
-
-    args = build_parser().parse_args(the_sweep_command())
+    # The README's one command, run on the head: with the head's environment it names this stack's bucket,
+    # MLflow and Optuna database, and submits to the head's job server.
+    args = launch_args(the_sweep_command(), head["environment"])
     assert args.storage == "s3://fpa/sweeps" and args.optuna_storage == optuna_storage
+    assert args.storage.split("/")[2] == services["s3-init"]["command"][-1] == \
+        mlflow_flags["--artifacts-destination"].split("/")[2]
     assert args.tracking_uri == f"http://mlflow:{mlflow_flags['--port']}"
     assert args.submit == f"http://127.0.0.1:{head_flags['--dashboard-port']}"
+    assert args.gpus_per_trial is None  # the workers are up: a GPU per trial where there are GPUs, else CPUs
+    other_bucket = compose({**filled_env(), "S3_BUCKET": "elsewhere"})["services"]["ray-head"]["environment"]
+    assert other_bucket["FPA_STORAGE"] == "s3://elsewhere/sweeps"
+    # Only the head holds them: trials get their tracking URI and folder from the driver, never open Optuna's.
+    assert not set(STORE_VARIABLES) & set(worker["environment"])
+    # The other commands after a sweep run on the head too; a resumed sweep is a job again.
+    assert {c[0] for c in head_commands()} == {"sweeps/launch.py", "sweeps/promote.py", "sweeps/resume.py"}
+    resumed = launch_args(head_command("sweeps/launch.py", "--resume"), head["environment"])
+    assert resumed.resume == "NAME" and resumed.submit == args.submit and resumed.storage == args.storage
+    continued = head_command("sweeps/resume.py")
+    assert continued[continued.index("--address") + 1] == "auto"  # this cluster's workers, not a Ray of its own
 
 
 def test_the_image_installs_the_pinned_project_on_a_matching_cuda_base():
@@ -336,7 +384,7 @@ def test_the_ray_cluster_config_validates_against_rays_schema():
     assert head["resources"] == {"CPU": 0, "GPU": 0}
     (workers,) = [n for name, n in nodes.items() if name != config["head_node_type"]]
     assert workers["resources"]["GPU"] == 1
-    assert 0 <= workers["min_workers"] < workers["max_workers"] <= config["max_workers"]
+    assert workers["min_workers"] == 0 < workers["max_workers"] <= config["max_workers"]  # GPU workers from zero
     assert workers["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
     assert config["docker"]["image"].rsplit("/", 1)[-1] == compose(filled_env())["services"]["ray-head"]["image"]
     # The image holds everything: Ray's default setup commands (which pip install Ray) are switched off.
@@ -349,6 +397,18 @@ def test_the_ray_cluster_config_validates_against_rays_schema():
     assert local == "deploy/ray/cluster.env" and all(f". {remote}" in c for c in (head_start, worker_start))
     example = (REPO / "deploy" / "ray" / "cluster.env.example").read_text()
     assert re.search(r"^RAY_AUTH_TOKEN=$", example, re.M) and re.search(r"^MLFLOW_TRACKING_PASSWORD=$", example, re.M)
+    # ... which also names the stores: placeholders, no password in a URL. The job on the head takes them.
+    stores = dict(re.findall(rf"^({'|'.join(STORE_VARIABLES)})=(\S+)$", example, re.M))
+    assert set(stores) == set(STORE_VARIABLES)
+    assert not any(re.search(r"://[^/\s:@]+:[^/\s@]+@", url) for url in stores.values())
+    # deploy/README.md's sweep on this cluster, submitted from a checkout, runs on the head with those stores;
+    # each trial asks for a GPU, which makes the autoscaler add GPU workers (none is up when it starts).
+    prefix = "python sweeps/launch.py "
+    (line,) = [ln.strip() for ln in (REPO / "deploy" / "README.md").read_text().split("## AWS", 1)[1]
+               .split("\n## ", 1)[0].splitlines() if ln.strip().startswith(prefix)]
+    args = launch_args(shlex.split(line[len(prefix):]), stores)
+    assert (args.storage, args.tracking_uri, args.optuna_storage) == tuple(stores[name] for name in STORE_VARIABLES)
+    assert args.gpus_per_trial == 1 and args.dataset and args.submit == "http://127.0.0.1:8265"
     text = (REPO / "deploy" / "ray" / "cluster.yaml").read_text()
     assert not re.search(r"(?i)(password|secret|token)\s*[:=]\s*\S", text)
 
@@ -367,6 +427,20 @@ def containers(document: dict) -> list[dict]:
         templates = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in
                                                                    spec["workerGroupSpecs"]]
     return [c for t in templates for c in t.get("initContainers", []) + t.get("containers", [])]
+
+
+def container_env(container: dict, config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A container's environment from its ConfigMaps and literal values (secrets left out)."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            env[variable["name"]] = config_maps[ref["name"]][ref["key"]]
+        elif "value" in variable:
+            env[variable["name"]] = variable["value"]
+    return env
 
 
 def test_the_kuberay_manifests():
@@ -390,7 +464,7 @@ def test_the_kuberay_manifests():
     assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
     (gpu_group,) = cluster["spec"]["workerGroupSpecs"]
     assert gpu_group["minReplicas"] <= gpu_group["replicas"] <= gpu_group["maxReplicas"]
-    assert gpu_group["minReplicas"] < gpu_group["maxReplicas"]
+    assert gpu_group["minReplicas"] == 0 < gpu_group["maxReplicas"]  # from zero: the RayJob asks for GPUs
     (worker,) = gpu_group["template"]["spec"]["containers"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
 
@@ -427,19 +501,23 @@ def test_the_kuberay_manifests():
     for host, port in re.findall(r"(?://|@)([a-z0-9-]+):(\d+)", " ".join(endpoints.values())):
         assert int(port) in ports.get(host, set()), (host, port)
 
-    # The RayJob runs launch.py on that cluster, with the endpoints the head's environment holds.
+    # The RayJob runs launch.py on that cluster's head, whose environment (the endpoints) names the stores:
+    # the bucket, the MLflow Service and Optuna's database. Each trial asks for a GPU, so that the autoscaler
+    # adds GPU workers from zero. Only the head holds MLflow's variable, under its own name.
     (job,) = k8s_documents("rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
-    head_env_from = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["envFrom"]
-    assert {"configMapRef": {"name": "fpa-endpoints"}} in head_env_from
-    command = shlex.split(re.sub(r"\$(\w+)", lambda m: endpoints[m[1]], job["spec"]["entrypoint"]))
+    head_container = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head_env = container_env(head_container, {"fpa-endpoints": endpoints})
+    command = shlex.split(job["spec"]["entrypoint"])
     assert command[:2] == ["python", "/app/sweeps/launch.py"]
-    from sweeps.launch import build_parser
-
-    args = build_parser().parse_args(command[2:])
-    assert args.storage.startswith("s3://") and args.optuna_storage.startswith("postgresql+psycopg2://")
-    assert args.tracking_uri == "http://mlflow:5000"
+    args = launch_args(command[2:], head_env)
+    assert args.storage == f"s3://{endpoints['FPA_BUCKET']}/sweeps" == endpoints["FPA_STORAGE"]
+    assert args.tracking_uri == "http://mlflow:5000" and 5000 in ports["mlflow"]
+    assert args.optuna_storage == endpoints["FPA_OPTUNA_STORAGE"]
+    assert args.gpus_per_trial == 1 and args.dataset
+    assert not any("MLFLOW_TRACKING_URI" in container_env(c, {"fpa-endpoints": endpoints})
+                   for d in documents for c in containers(d) if c is not head_container)
 
 
 # -- the compose stack as local processes --
@@ -450,8 +528,10 @@ class Stack:
 
     def __init__(self, tmp_path: Path, addresses: dict[str, str], exits: ExitStack):
         self.tmp_path, self.addresses, self.exits = tmp_path, addresses, exits
-        # What a container's image would provide (the venv, the caches), none of the test's own credentials.
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_", "PG"))}
+        # What a container's image would provide (the venv, the caches), none of the test's own credentials
+        # or stores.
+        self.base_env = {k: v for k, v in os.environ.items()
+                         if not k.startswith(("AWS_", "MLFLOW_", "RAY_", "PG")) and k not in STORE_VARIABLES}
         self.base_env.update(PATH=f"{VENV_BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0")
 
     def local(self, value: str) -> str:
@@ -546,7 +626,6 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
             "postgresql+psycopg2://fpa@postgres:5432/optuna": optuna_db,
             "http://mlflow:5000": mlflow_url,
             "http://127.0.0.1:8265": dashboard_url,
-            "s3://fpa/": f"s3://{bucket}/",  # the README's command names the default bucket
         }, exits)
 
         # The one-shot services: the bucket, created once and found the second time; Optuna's tables.
@@ -567,14 +646,16 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
         mlflow_server = stack.start("mlflow", stack.command(mlflow, listen),
                                     stack.env(mlflow, MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "basic_auth.ini")))
 
-        # ray-head, with the head's secrets in its environment. The extra ports keep it clear of any other
-        # Ray on this machine; in a container the defaults are free.
+        # ray-head, with the head's secrets and stores in its environment. The extra ports keep it clear of any
+        # other Ray on this machine; in a container the defaults are free.
         head = services["ray-head"]
+        head_env = stack.env(head)
+        assert [head_env[name] for name in STORE_VARIABLES] == [f"s3://{bucket}/sweeps", mlflow_url, optuna_db]
         listen = {"--port": str(free_port()), "--dashboard-host": "127.0.0.1", "--dashboard-port": str(dashboard_port)}
         ray_head = stack.start("ray-head", stack.command(
             head, listen,
             extra=(f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}")),
-            stack.env(head))
+            head_env)
 
         dashboard = services["optuna-dashboard"]
         optuna_dashboard = stack.start("optuna-dashboard", stack.command(dashboard, {
@@ -590,18 +671,19 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
             raise AssertionError(f"{e}\n{stack.log('mlflow')}\n{stack.log('ray-head')}\n"
                                  f"{stack.log('optuna-dashboard')}") from None
 
-        # The README's command, as a client outside the stack runs it: the job server's address and the
-        # token, no other credential (the job runs with the head's).
+        # The README's command, as `docker compose exec ray-head` runs it: with the head's environment. It
+        # names no store: the job, on the head, takes them from the head's environment as well.
         name = f"deploy-{uuid.uuid4().hex[:6]}"
         sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
         args = [stack.local(a) for a in the_sweep_command()]
         args[args.index("--dataset") + 1] = sweep
-        client_env = {**stack.base_env, "RAY_AUTH_TOKEN": secret["RAY_AUTH_TOKEN"]}
         result = subprocess.run([sys.executable, "sweeps/launch.py", *args, "--name", name, "--num-trials", "2",
-                                 "--pruner", "none"], env=client_env, capture_output=True, text=True, cwd=REPO,
+                                 "--pruner", "none"], env=head_env, capture_output=True, text=True, cwd=REPO,
                                 timeout=480)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:] + stack.log("mlflow")
         assert "SUCCEEDED" in result.stdout
+        (entrypoint,) = re.findall(r"^submitted job \S+ to \S+: (.*)$", result.stdout, re.M)
+        assert not {"--storage", "--tracking-uri", "--optuna-storage"} & set(shlex.split(entrypoint))
 
         # The bucket: the sweep's summary and checkpoints, and MLflow's pictures, written through the server.
         s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=secret["S3_ACCESS_KEY"],
@@ -614,6 +696,18 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
             assert f"sweeps/{name}/trials/{trial['trial_id']}/checkpoints/best.pt" in keys
         assert any(k.startswith("mlartifacts/") and "/samples/" in k and k.endswith(".png") for k in keys)
         assert any(k.startswith("mlartifacts/") and k.endswith("fid_vs_step.png") for k in keys)
+
+        # The README's promote command on the head, with its defaults: the sweep's summary from the bucket,
+        # its best generator registered in MLflow, champion of a registry that had none, stored in the bucket.
+        promote = [name if a == "NAME" else a for a in head_command("sweeps/promote.py")]
+        promoted = subprocess.run([sys.executable, "sweeps/promote.py", *promote], env=head_env, capture_output=True,
+                                  text=True, cwd=REPO, timeout=300)
+        assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-3000:]
+        registered = json.loads(promoted.stdout.strip().splitlines()[-1])
+        assert registered["champion"] is True and registered["version"] == 1, registered
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])]
+        assert any(k.startswith("mlartifacts/") and k.endswith("/generator.pt") for k in keys)
 
         # PostgreSQL: the sweep's runs in MLflow's database, its trials in Optuna's.
         with _connect(mlflow_db) as connection, connection.cursor() as cursor:

@@ -125,3 +125,43 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
         records = [json.loads(line) for line in
                    (storage / "longer" / "trials" / trial["trial_id"] / "metrics.jsonl").read_text().splitlines()]
         assert records[0]["event"] == "resumed" and records[0]["from"].endswith("best.pt")
+
+
+def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folder):
+    """What Ray saved is older than the study: the new bridge trusts the study, and hands a trial that Ray
+    never saved to the next Ray trial, in the same folder and MLflow run."""
+    from sweeps.search import OptunaBridge
+    from sweeps.space import load_sweep
+    from sweeps.tracking import SweepTracker
+
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16, 32]}))
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.dataset)
+    parent = tracker.start_parent("s", {}, {})
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def bridge():
+        return OptunaBridge(spec, optuna.load_study(study_name="s", storage=storage_url), tracker, parent, "s", {})
+
+    optuna.create_study(study_name="s", storage=storage_url)
+    dead = bridge()
+    first = dead.new_trial("ray-a")
+    dead.new_trial("ray-b")
+    saved = json.loads(json.dumps(dead.get_state()))  # Ray's last save: it knew of ray-a and ray-b
+    assert dead.report("ray-a", {"step": 6, "fid": 10.0}) is False
+    dead.complete("ray-a", {"step": 6}, error=False)  # finished after the save
+    lost = dead.new_trial("ray-c")  # asked for after the save, then the driver died
+
+    alive = bridge()
+    alive.set_state(saved)
+    assert alive.records[first["trial_id"]].state == "COMPLETE" and alive.best[0] == 10.0
+    assert alive.report("ray-a", {"step": 6, "fid": 10.0}) is True  # Ray resumes it: it stops at once
+    taken = alive.new_trial("ray-d")  # Ray's next new trial takes up the lost one
+    assert (taken["trial_id"], taken["run_id"]) == (lost["trial_id"], lost["run_id"])
+    fresh = alive.new_trial("ray-e")
+    assert fresh["trial_id"] not in {first["trial_id"], lost["trial_id"]}
+    alive.complete("ray-d", {"step": 6, "fid": 12.0}, error=False)
+    alive.close_out()  # ray-b and ray-e never reported: failed, never COMPLETE
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="s", storage=storage_url).trials}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "FAIL"}
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
