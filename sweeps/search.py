@@ -109,18 +109,23 @@ class OptunaBridge:
         return self._trial_config(record)
 
     def _ask(self) -> TrialRecord:
+        # Each write makes the trial recoverable should the driver die right after it: the study keeps
+        # its name and parameters first, then the MLflow run (found again by name), then the run's id.
         trial = self.study.ask()
         params = self.spec.sample(trial)
         name = trial_name(trial.number)
-        config = self.spec.trial_config(params)
-        run_id = self.tracker.start_child(self.parent_id, self.sweep, name,
-                                          flatten(to_dict(config)), tags={"fpa.optuna_trial": str(trial.number)})
-        for key, value in (("fpa.trial", name), ("fpa.params", params), ("mlflow_run_id", run_id)):
-            trial.set_user_attr(key, value)
-        record = TrialRecord(name, trial.number, run_id, params)
+        trial.set_user_attr("fpa.trial", name)
+        trial.set_user_attr("fpa.params", params)
+        record = TrialRecord(name, trial.number, self._child_run(name, params, trial.number), params)
+        trial.set_user_attr("mlflow_run_id", record.run_id)
         self.records[name], self._live[name] = record, trial
         log.info("%s (Optuna #%d): %s", name, trial.number, params)
         return record
+
+    def _child_run(self, name: str, params: dict[str, Any], number: int) -> str:
+        return self.tracker.find_child(self.sweep, name) or self.tracker.start_child(
+            self.parent_id, self.sweep, name, flatten(to_dict(self.spec.trial_config(params))),
+            tags={"fpa.optuna_trial": str(number)})
 
     def _orphan(self) -> TrialRecord | None:
         """A running trial that no Ray trial holds: asked for by a driver that died before Ray saved it."""
@@ -218,11 +223,16 @@ class OptunaBridge:
             record = by_number.get(frozen.number)
             if record is None:
                 attrs = frozen.user_attrs
-                if "mlflow_run_id" not in attrs:  # enqueued, never asked for
+                if frozen.state == TrialState.WAITING:  # enqueued, not asked for yet
                     continue
-                record = TrialRecord(attrs.get("fpa.trial", trial_name(frozen.number)), frozen.number,
-                                     attrs["mlflow_run_id"], attrs.get("fpa.params", frozen.params))
-                self.records[record.trial_id] = record
+                if "fpa.params" not in attrs:  # asked for by a driver that died before it kept the parameters
+                    if frozen.state == TrialState.RUNNING:
+                        self.study.tell(frozen.number, state=TrialState.FAIL)
+                    continue
+                name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
+                run_id = attrs.get("mlflow_run_id") or self._child_run(name, params, frozen.number)
+                record = TrialRecord(name, frozen.number, run_id, params)
+                self.records[name] = record
             for step, fid in frozen.intermediate_values.items():
                 record.note({"step": step, "fid": fid})
             if frozen.state in _FINISHED:

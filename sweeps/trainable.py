@@ -35,40 +35,60 @@ def run_trial(config: dict[str, Any]) -> None:
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}
 
-    def on_evaluation(ev: Evaluation) -> None:
-        metrics = {"fid": ev.fid, "best_fid": ev.best_fid, "images_per_s": ev.images_per_s, **ev.losses}
-        logger.log_evaluation(ev.step, metrics, ev.pictures, {
-            "fpa.latest_checkpoint": ev.checkpoint, "fpa.best_checkpoint": ev.best_checkpoint,
-            "fpa.fid_calibrated": ev.fid_calibrated, "fpa.node_id": placement["node_id"],
-            "fpa.gpu_ids": ",".join(placement["gpu_ids"]) or "none"})
+    def report(step: int, metrics: dict[str, float], fid_calibrated: bool, latest: str, best: str,
+               pictures: dict[str, str]) -> None:
+        logger.log_evaluation(step, metrics, pictures, {
+            "fpa.latest_checkpoint": latest, "fpa.best_checkpoint": best, "fpa.fid_calibrated": fid_calibrated,
+            "fpa.node_id": placement["node_id"], "fpa.gpu_ids": ",".join(placement["gpu_ids"]) or "none"})
         with tempfile.TemporaryDirectory() as folder:
-            Path(folder, POINTER).write_text(json.dumps({"checkpoint": ev.checkpoint, "step": ev.step}))
-            tune.report({**metrics, "step": ev.step, "fid_calibrated": ev.fid_calibrated, **placement},
+            Path(folder, POINTER).write_text(json.dumps({"checkpoint": latest, "step": step}))
+            tune.report({**metrics, "step": step, "fid_calibrated": fid_calibrated, **placement},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    trainer = _trainer(config, out, on_evaluation)
+    def on_evaluation(ev: Evaluation) -> None:
+        metrics = {"fid": ev.fid, "best_fid": ev.best_fid, "images_per_s": ev.images_per_s, **ev.losses}
+        report(ev.step, metrics, ev.fid_calibrated, ev.checkpoint, ev.best_checkpoint, ev.pictures)
+
+    trainer, reported_step = _trainer(config, out, on_evaluation)
+    # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so
+    # that Tune, Optuna and MLflow see every evaluation the trial made.
+    best_uri = storage.join(out, "checkpoints", "best.pt")
+    for step, fid in trainer.fid_history:
+        if step > reported_step:
+            best = min(f for s, f in trainer.fid_history if s <= step)
+            log.info("trial %s reports step %d's FID, written but not reported before the restart",
+                     config["trial_id"], step)
+            report(int(step), {"fid": fid, "best_fid": best}, trainer.fid.calibrated, trainer.last_checkpoint,
+                   best_uri, {})
     summary = trainer.train()
     logger.log_summary(summary)
 
 
-def _trainer(config: dict[str, Any], out: str, on_evaluation) -> Trainer:
+def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, int]:
     """A restarted trial continues from the newest checkpoint it has: the one it last reported to Tune, or a
-    later periodic one in its folder (every checkpoint resumes exactly). A new trial starts."""
+    later periodic one in its folder (every checkpoint resumes exactly). A new trial starts. Also returns
+    the step up to which the trial's FIDs have been reported (or belong to the run it continues)."""
     overrides = {"steps": config["train"]["steps"]}
     found = checkpoint.latest_checkpoints(storage.join(out, "checkpoints"))  # [(step, uri)], oldest first
+    reported_step = 0
     reported = tune.get_checkpoint()
     if reported is not None:
         with reported.as_directory() as folder:
             pointer = json.loads(Path(folder, POINTER).read_text())
         found.append((pointer["step"], pointer["checkpoint"]))
-    if not found and config.get("init_from"):  # a continuation: from another run's checkpoint
-        log.info("trial %s starts from %s", config["trial_id"], config["init_from"])
-        return Trainer.from_checkpoint(config["init_from"], out, overrides, on_evaluation=on_evaluation)
+        reported_step = pointer["step"]
+    init_from = config.get("init_from")  # a continuation: from another run's checkpoint
+    if not found and init_from:
+        log.info("trial %s starts from %s", config["trial_id"], init_from)
+        trainer = Trainer.from_checkpoint(init_from, out, overrides, on_evaluation=on_evaluation)
+        return trainer, trainer.step
     if not found:
-        return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation)
+        return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation), 0
+    if init_from and reported is None:  # the FIDs up to the continued checkpoint are the original run's
+        reported_step = checkpoint.load(init_from)["step"]
     step, uri = max(found)
     log.info("trial %s continues from %s (step %d)", config["trial_id"], uri, step)
-    return Trainer.from_checkpoint(uri, out, overrides, on_evaluation=on_evaluation)
+    return Trainer.from_checkpoint(uri, out, overrides, on_evaluation=on_evaluation), reported_step
 
 
 def trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:

@@ -114,7 +114,7 @@ def sweep_file(tmp_path: Path, dataset: Path, space: dict, **fixed) -> str:
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

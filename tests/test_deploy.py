@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -564,6 +565,14 @@ class Stack:
         return (self.tmp_path / f"{name}.log").read_text()[-3000:]
 
 
+def _forget_cluster(gcs_port: int) -> None:
+    """`ray start` records its head in /tmp/ray/ray_current_cluster, where a later ``ray.init()`` without an
+    address would look for a cluster to join; `ray stop` removes it, a stopped ``--block`` head does not."""
+    record = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    if record.is_file() and record.read_text().strip().endswith(f":{gcs_port}"):
+        record.unlink()
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()  # `ray start --block` stops its node's processes on SIGTERM
@@ -651,7 +660,9 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
         head = services["ray-head"]
         head_env = stack.env(head)
         assert [head_env[name] for name in STORE_VARIABLES] == [f"s3://{bucket}/sweeps", mlflow_url, optuna_db]
-        listen = {"--port": str(free_port()), "--dashboard-host": "127.0.0.1", "--dashboard-port": str(dashboard_port)}
+        gcs_port = free_port()
+        listen = {"--port": str(gcs_port), "--dashboard-host": "127.0.0.1", "--dashboard-port": str(dashboard_port)}
+        stack.exits.callback(_forget_cluster, gcs_port)  # runs after the head has stopped
         ray_head = stack.start("ray-head", stack.command(
             head, listen,
             extra=(f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}")),

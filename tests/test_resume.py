@@ -150,6 +150,10 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert dead.report("ray-a", {"step": 6, "fid": 10.0}) is False
     dead.complete("ray-a", {"step": 6}, error=False)  # finished after the save
     lost = dead.new_trial("ray-c")  # asked for after the save, then the driver died
+    unnamed = dead.study.ask()  # the driver died right after asking: nothing kept, so nothing to continue
+    half = dead.study.ask()  # ... or after keeping the parameters, before creating the MLflow run
+    half.set_user_attr("fpa.trial", f"trial_{half.number:04d}")
+    half.set_user_attr("fpa.params", {"model.d_hidden": 32})
 
     alive = bridge()
     alive.set_state(saved)
@@ -157,11 +161,15 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert alive.report("ray-a", {"step": 6, "fid": 10.0}) is True  # Ray resumes it: it stops at once
     taken = alive.new_trial("ray-d")  # Ray's next new trial takes up the lost one
     assert (taken["trial_id"], taken["run_id"]) == (lost["trial_id"], lost["run_id"])
-    fresh = alive.new_trial("ray-e")
-    assert fresh["trial_id"] not in {first["trial_id"], lost["trial_id"]}
+    taken_half = alive.new_trial("ray-e")
+    assert taken_half["trial_id"] == f"trial_{half.number:04d}" and taken_half["train"]["model"]["d_hidden"] == 32
+    fresh = alive.new_trial("ray-f")
+    assert fresh["trial_id"] not in {first["trial_id"], lost["trial_id"], taken_half["trial_id"]}
     alive.complete("ray-d", {"step": 6, "fid": 12.0}, error=False)
-    alive.close_out()  # ray-b and ray-e never reported: failed, never COMPLETE
+    alive.close_out()  # ray-b, ray-e and ray-f never reported: failed, never COMPLETE
     states = {t.number: t.state.name for t in optuna.load_study(study_name="s", storage=storage_url).trials}
-    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "FAIL"}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", unnamed.number: "FAIL", half.number: "FAIL",
+                      5: "FAIL"}
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
+    assert sorted(r.data.tags["fpa.trial_id"] for r in children) == sorted(alive.records)  # one run each
+    assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
