@@ -146,22 +146,26 @@ class OptunaBridge:
             return
         if result:
             record.note(result)
-        if error or record.best_fid is None:  # failed, or stopped before any evaluation
-            record.state = "ERROR"
-            self._tell(record, state=TrialState.FAIL)
-        else:
-            record.state = "COMPLETE"
-            self._tell(record, value=record.best_fid, state=TrialState.COMPLETE)
-        self.tracker.finish(record.run_id, record.state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps})
+        failed = error or record.best_fid is None  # failed, or stopped before any evaluation
+        self._finish(record, "ERROR" if failed else "COMPLETE")
 
     def close_out(self) -> None:
         """At the sweep's end: a trial still RUNNING (its Ray trial lost for good) fails, in Optuna and MLflow."""
         for record in self.records.values():
             if record.state == "RUNNING":
-                record.state = "ERROR"
-                self._tell(record, state=TrialState.FAIL)
-                self.tracker.finish(record.run_id, "ERROR", {"fpa.steps": record.steps, "fpa.closed_out": True})
+                self._finish(record, "ERROR", {"fpa.closed_out": True})
                 log.warning("%s never finished: closed out as failed", record.trial_id)
+
+    def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
+        """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
+        that dies in between leaves the trial running there, and it ends again, the same way or better."""
+        record.state = state
+        self.tracker.finish(record.run_id, state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps,
+                                                   **(tags or {})})
+        if state == "COMPLETE":
+            self._tell(record, value=record.best_fid, state=TrialState.COMPLETE)
+        else:
+            self._tell(record, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
 
     # -- the scheduler's side -----------------------------------------------------------------------------
 
@@ -185,10 +189,7 @@ class OptunaBridge:
             self.tracker.log_metric(self.parent_id, "best_fid", fid, step)
         if step >= self.max_steps or not trial.should_prune():
             return False
-        record.state = "PRUNED"
-        self._tell(record, state=TrialState.PRUNED)
-        self.tracker.finish(record.run_id, "PRUNED", {"fpa.pruned_at_step": step, "fpa.best_fid": record.best_fid,
-                                                      "fpa.steps": record.steps})
+        self._finish(record, "PRUNED", {"fpa.pruned_at_step": step})
         log.info("%s pruned at step %d (FID %.3f)", record.trial_id, step, fid)
         return True
 

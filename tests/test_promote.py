@@ -48,7 +48,8 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     assert champion.run_id == summary["best"]["run_id"]
     assert float(champion.tags["fpa.fid"]) == summary["best"]["fid"] and champion.tags["fpa.sweep"] == s.name
     assert champion.tags["fpa.checkpoint"] == summary["best"]["checkpoint"]
-    assert json.loads(champion.tags["fpa.config"])["model"]["d_hidden"] == summary["best"]["config"]["model"]["d_hidden"]
+    registered_config = json.loads(champion.tags["fpa.config"])
+    assert registered_config["model"]["d_hidden"] == summary["best"]["config"]["model"]["d_hidden"]
 
     again = run_promote("--sweep", s.name, *flags)
     assert again.returncode == 0 and "nothing to promote" in again.stdout and "already holds" in again.stdout
