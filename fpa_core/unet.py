@@ -101,6 +101,20 @@ class UNet(nn.Module):
         return self.final(torch.cat([x, first], dim=1))
 
 
+def fpa_of(state: dict) -> dict:
+    """The frozen FPA inside a U-Net stage's checkpoint, as a checkpoint of its own (EMA weights, the
+    model config, the FID it had as the stage's base)."""
+    config = {**state["config"], "stage": "fpa", "base_generator": ""}
+    weights = {k[len("fpa."):]: v for k, v in state["generator_ema"].items() if k.startswith("fpa.")}
+    base = state.get("base") or {}
+    step = base.get("step", state["step"])
+    history = [[step, base["fid"]]] if base.get("fid") is not None else []
+    return {"step": step, "config": config, "generator_ema": weights, "dataset": state["dataset"],
+            "fid_history": history, "best": history[0] if history else None,
+            "fid_calibrated": base.get("fid_calibrated", state["fid_calibrated"]),
+            "fid_backbone": base.get("fid_backbone", state["fid_backbone"])}
+
+
 class RefinedGenerator(nn.Module):
     """A frozen FPA followed by a U-Net: ``G(z) = UNet(FPA(z))``. Only the U-Net has trainable parameters."""
 

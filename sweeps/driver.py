@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from ray import tune
 from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
 from fpa_core.fid import FIDWeightsUnavailable, find_weights
+from fpa_core.unet import fpa_of
 from sweeps.search import BridgeScheduler, BridgeSearcher, FixedTrials, OptunaBridge, TrialRecord, make_pruner
 from sweeps.space import SweepSpec, flatten, spec_from_dict
 from sweeps.tracking import SweepTracker, default_tracking_uri, is_local_store, plot_fid_curves, redact, ui_command
@@ -64,6 +66,16 @@ class SweepNotFound(ValueError):
     """--resume named a sweep that the storage does not hold."""
 
 
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C (or SIGTERM to Ray's driver): Ray saved the sweep's state; ``--resume`` continues it."""
+
+    def __init__(self, name: str, resumable: bool = True):
+        hint = (f"continue it with: python sweeps/launch.py --resume {name} (and the same --storage)" if resumable
+                else "its trials' checkpoints are kept; run sweeps/resume.py again under a new --name")
+        super().__init__(f"{name} was interrupted and Ray saved its state; {hint}")
+        self.name = name
+
+
 def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     """Run a new sweep to its end; returns (and writes) its summary."""
     spec = _resolve_fid_backbone(spec)
@@ -71,6 +83,9 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     if storage.exists(storage.join(sweep_root, SWEEP_FILE)):
         raise ValueError(f"{sweep_root} already holds a sweep named {settings.name}: continue it with "
                          f"--resume {settings.name}, or choose another --name")
+    settings = dataclasses.replace(  # the stores it uses, recorded for --resume (without credentials)
+        settings, tracking_uri=settings.tracking_uri or default_tracking_uri(),
+        optuna_storage=settings.optuna_storage or _default_optuna_storage(settings))
     base = None
     if settings.stage == "unet":
         spec, base = _unet_stage(spec, settings, sweep_root)
@@ -94,8 +109,9 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings, sweep_root: str) -> tu
     else:
         local = source
     state = checkpoint.load(local)
-    if state["config"].get("stage", "fpa") != "fpa":
-        raise ValueError(f"--base {source} is itself a U-Net stage; give an FPA (its checkpoint or registered model)")
+    if state["config"].get("stage", "fpa") == "unet":  # a refined champion: refine its FPA anew
+        log.info("--base %s is an FPA with a U-Net; the new U-Nets refine its FPA", source)
+        state = fpa_of(state)
     uri = storage.join(sweep_root, "base", "generator.pt")
     checkpoint.save(uri, checkpoint.generator_only(state))
     fids = {int(s): f for s, f in state["fid_history"]}
@@ -145,8 +161,14 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
     resources = _connect(settings)
     tracker = _tracker(settings, tracking_uri, spec.dataset)
     parent_id = tracker.find_parent(settings.name) if resume else None
-    if parent_id is not None:
+    if resume and parent_id is None:
+        raise ValueError(f"sweep {settings.name} has no parent run in the MLflow store {redact(tracking_uri)}; "
+                         "pass the --tracking-uri it ran with")
+    if resume:
         tracker.client.update_run(parent_id, "RUNNING")
+        if settings.name not in optuna.get_all_study_names(optuna_storage):
+            raise ValueError(f"sweep {settings.name} has no Optuna study in {redact(optuna_storage)}; "
+                             "pass the --optuna-storage it ran with")
     else:
         parent_id = _start_parent(tracker, settings, spec, resources)
         if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
@@ -164,9 +186,19 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
     bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, _trial_context(settings, tracking_uri))
     trainable = tune.with_resources(run_trial, resources)
     tuner = _restored_tuner(settings, trainable, bridge) if resume else _new_tuner(settings, trainable, bridge)
-    tuner.fit()
+    _fit(tuner, bridge, settings, tracker, parent_id)
     bridge.close_out()
     return _finish(spec, settings, bridge, tracker, parent_id, config.fid.backbone == "inception", base)
+
+
+def _fit(tuner: tune.Tuner, bridge, settings: SweepSettings, tracker: SweepTracker, parent_id: str,
+         resumable: bool = True) -> None:
+    """Run the trials. Interrupted (Ctrl-C: Ray saves the state and returns, its trials stopped without
+    ending): the trials stay RUNNING in Optuna and MLflow for --resume, the parent run is KILLED until then."""
+    tuner.fit()
+    if bridge.interrupted():
+        tracker.client.set_terminated(parent_id, "KILLED")
+        raise SweepInterrupted(settings.name, resumable)
 
 
 def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, start: str = "best",
@@ -183,7 +215,11 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
     if not ranked:
         raise ValueError(f"sweep {sweep} has no trial with an FID to continue from")
     picked = ranked[:top_k]
+    if steps <= max(t["steps"] for t in picked):
+        raise ValueError(f"--steps {steps} does not go beyond the trials' {max(t['steps'] for t in picked)} steps")
     name = name or f"{sweep}-continued-{time.strftime('%Y%m%d-%H%M%S')}"
+    if storage.exists(storage.join(storage_root, name)):
+        raise ValueError(f"{storage.join(storage_root, name)} already exists; choose another --name")
     settings = SweepSettings(**{**saved["settings"], "name": name, "storage": storage_root, "num_trials": len(picked),
                                 "pruner": "none", "optuna_storage": None, "address": address,
                                 "tracking_uri": tracking_uri or saved["settings"]["tracking_uri"],
@@ -209,7 +245,8 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
                                **context}))
         log.info("%s continues from %s (best FID %.3f) to step %d", record.trial_id, origin, trial["best_fid"], steps)
     bridge = FixedTrials(plans, tracker, parent_id)
-    _new_tuner(settings, tune.with_resources(run_trial, resources), bridge).fit()
+    _fit(_new_tuner(settings, tune.with_resources(run_trial, resources), bridge), bridge, settings, tracker,
+         parent_id, resumable=False)
     bridge.close_out()
     return _finish(spec, settings, bridge, tracker, parent_id, finished["fid_calibrated"], finished.get("base"))
 

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: FPA_STORAGE, else ./sweeps_out)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
                                           "sqlite:///./mlflow.db)")
-    p.add_argument("--optuna-storage", default=os.environ.get("FPA_OPTUNA_STORAGE"),
+    p.add_argument("--optuna-storage",
                    help="Optuna's database URL (default: FPA_OPTUNA_STORAGE, else SQLite in the sweep folder)")
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or ray://HEAD:10001)")
     p.add_argument("--submit", metavar="URL", help="run the sweep as a Ray Job on the cluster at URL (:8265)")
@@ -100,19 +100,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
 
-    from sweeps.driver import SweepSettings, run_sweep
+    from sweeps.driver import SweepInterrupted, SweepSettings, run_sweep
 
     stage = "-unet" if args.stage == "unet" else ""
     name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = SweepSettings(
         name=name, storage=absolute_storage(args.storage), tracking_uri=args.tracking_uri,
-        optuna_storage=args.optuna_storage, num_trials=args.num_trials or spec.num_trials or 20,
+        optuna_storage=args.optuna_storage or os.environ.get("FPA_OPTUNA_STORAGE"), num_trials=args.num_trials or spec.num_trials or 20,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile,
         stage=args.stage, base=args.base if args.stage == "unet" else None)
     try:
         summary = run_sweep(spec, settings)
+    except SweepInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0 if summary["best"] else 1
@@ -123,11 +126,14 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: lis
         from sweeps.jobs import submit
 
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
-    from sweeps.driver import SweepNotFound, resume_sweep
+    from sweeps.driver import SweepInterrupted, SweepNotFound, resume_sweep
 
     try:
         summary = resume_sweep(args.resume, absolute_storage(args.storage), tracking_uri=args.tracking_uri,
                                optuna_storage=args.optuna_storage, address=args.address)
+    except SweepInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     except (SweepNotFound, SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0 if summary["best"] else 1
@@ -152,10 +158,19 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         problems.append("--detach only goes with --submit URL")
     if args.submit and args.address:
         problems.append("--submit and --address exclude each other: a submitted job runs on the cluster's head")
-    if credentials_in(args.tracking_uri):
-        problems.append("--tracking-uri must not carry credentials: set MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD (or PGPASSWORD for a PostgreSQL store) in the environment")
+    problems += tracking_uri_problems(args.tracking_uri)
     return problems
+
+
+def tracking_uri_problems(flag: str | None) -> list[str]:
+    """A tracking URI (the flag's, else MLFLOW_TRACKING_URI) with a password in it is refused: trials carry
+    it in their configs, which Ray writes to storage."""
+    for name, uri in (("--tracking-uri", flag), ("MLFLOW_TRACKING_URI", None if flag else
+                                                 os.environ.get("MLFLOW_TRACKING_URI"))):
+        if credentials_in(uri):
+            return [f"{name} must not carry credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                    "(or PGPASSWORD for a PostgreSQL store) in the environment"]
+    return []
 
 
 def credentials_in(uri: str | None) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.launch import DEFAULT_STORAGE, absolute_storage, credentials_in  # noqa: E402
+from sweeps.launch import DEFAULT_STORAGE, absolute_storage, tracking_uri_problems  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "sqlite:///./mlflow.db)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if credentials_in(args.tracking_uri):
-        parser.exit(2, f"{parser.prog}: error: --tracking-uri must not carry credentials: set "
-                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment\n")
+    problems = tracking_uri_problems(args.tracking_uri)
+    if problems:
+        parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

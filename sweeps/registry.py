@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint, storage
-from sweeps.tracking import _slug, default_tracking_uri
+from sweeps.tracking import _slug, default_tracking_uri, redact
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
         return Promotion(name, None, False, f"{checkpoint_uri} has no FID at its step {step}")
     for version in _versions_of_run(client, name, run_id):
         if version.tags.get("fpa.checkpoint") == checkpoint_uri and version.tags.get("fpa.step") == str(step):
+            current = _by_alias(client, name, CHAMPION)
+            if force and (current is None or current.version != version.version):
+                previous = _move_champion(client, name, version.version, current)
+                return Promotion(name, int(version.version), True, "--force, an already registered version",
+                                 previous)
             return Promotion(name, None, False, f"version {version.version} of {name} already holds this checkpoint "
                                                 f"(run {run_id}, step {step})")
 
@@ -97,18 +102,23 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
         move, reason = False, (f"its FID was not measured like champion version {current.version}'s "
                                f"({_difference(current.tags.get('fpa.fid_settings'), settings)}); "
                                "use --force to promote it anyway")
+    elif "fpa.fid" not in current.tags:
+        move, reason = False, f"champion version {current.version} has no fpa.fid tag to compare with; use --force"
     elif fid < float(current.tags["fpa.fid"]):
         move, reason = True, f"FID {fid:.3f} beats version {current.version}'s {float(current.tags['fpa.fid']):.3f}"
     else:
         move, reason = False, (f"its FID {fid:.3f} does not beat version {current.version}'s "
                                f"{float(current.tags['fpa.fid']):.3f}")
-    previous = None
-    if move:
-        if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS, current.version)
-            previous = int(current.version)
-        client.set_registered_model_alias(name, CHAMPION, version.version)
+    previous = _move_champion(client, name, version.version, current) if move else None
     return Promotion(name, int(version.version), move, reason, previous, tags)
+
+
+def _move_champion(client: MlflowClient, name: str, version, current) -> int | None:
+    """champion -> ``version``; the former champion, if any, keeps previous-champion. Returns its number."""
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return int(current.version) if current is not None else None
 
 
 def download_model(uri: str, tracking_uri: str | None = None) -> str:
@@ -124,7 +134,7 @@ def download_model(uri: str, tracking_uri: str | None = None) -> str:
             name, number = reference.rsplit("/", 1)
             version = client.get_model_version(name, number)
     except (MlflowException, ValueError) as e:
-        raise ValueError(f"{uri}: no such registered model version in {client.tracking_uri} ({e}); "
+        raise ValueError(f"{uri}: no such registered model version in {redact(client.tracking_uri)} ({e}); "
                          "promote one with python sweeps/promote.py --sweep NAME") from None
     folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
     return str(Path(folder, "generator.pt"))

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.launch import DEFAULT_STORAGE, absolute_storage, credentials_in  # noqa: E402
+from sweeps.launch import DEFAULT_STORAGE, absolute_storage, tracking_uri_problems  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,20 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"{flag} must be at least 1, got {value}" for flag, value in
                 (("--top-k", args.top_k), ("--steps", args.steps), ("--max-concurrent", args.max_concurrent))
                 if value is not None and value < 1]
-    if credentials_in(args.tracking_uri):
-        problems.append("--tracking-uri must not carry credentials: set MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD in the environment")
+    problems += tracking_uri_problems(args.tracking_uri)
     if problems:
         parser.exit(2, "".join(f"{parser.prog}: error: {p}\n" for p in problems))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from sweeps.driver import SweepNotFound, continue_sweep
+    from sweeps.driver import SweepInterrupted, SweepNotFound, continue_sweep
 
     try:
         summary = continue_sweep(args.sweep, absolute_storage(args.storage), top_k=args.top_k, steps=args.steps,
                                  start=args.start, name=args.name, tracking_uri=args.tracking_uri,
                                  address=args.address, cpus_per_trial=args.cpus_per_trial,
                                  max_concurrent=args.max_concurrent)
+    except SweepInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     except (SweepNotFound, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0 if summary["best"] else 1

@@ -82,7 +82,27 @@ def trial_name(number: int) -> str:
 _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
 
 
-class OptunaBridge:
+class TrialBook:
+    """Trials by name, and which Ray trial holds each one."""
+
+    records: dict[str, TrialRecord]
+
+    def _record(self, ray_trial_id: str) -> TrialRecord | None:
+        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
+
+    def interrupted(self) -> bool:
+        """After Ray's run: a trial that a Ray trial held but that never ended (Ray stopped on Ctrl-C)."""
+        return any(r.state == "RUNNING" and r.ray_trial_id is not None for r in self.records.values())
+
+    def attach(self, ray_trial_id: str, name: str | None) -> None:
+        """A Ray trial that Ray restored holds the trial named in its config, whatever the saved state said
+        (Ray saves its trials and the searcher's state one after the other)."""
+        record = self.records.get(name) if name else None
+        if record is not None:
+            record.ray_trial_id = ray_trial_id
+
+
+class OptunaBridge(TrialBook):
     """The study and the sweep's trials, keyed by name (``trial_<Optuna number>``), never by Ray's trial id:
     after a driver dies, a trial it had asked Optuna for but Ray had not yet saved is handed to the next
     Ray trial (``new_trial``), which continues it in the same folder and MLflow run."""
@@ -95,9 +115,6 @@ class OptunaBridge:
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
         self.max_steps = spec.trial_config({}).steps  # the last evaluation is never pruned
-
-    def _record(self, ray_trial_id: str) -> TrialRecord | None:
-        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
 
     # -- the searcher's side ------------------------------------------------------------------------------
 
@@ -242,7 +259,7 @@ class OptunaBridge:
                 self.best = (record.best_fid, record.trial_id)
 
 
-class FixedTrials:
+class FixedTrials(TrialBook):
     """The bridge's interface for trials planned in advance, e.g. the continuations of a finished sweep's best
     trials (``sweeps/resume.py``): each Ray trial takes the next plan; nothing is sampled or pruned."""
 
@@ -251,9 +268,6 @@ class FixedTrials:
         self.configs = {record.trial_id: config for record, config in plans}
         self.tracker, self.parent_id = tracker, parent_id
         self.best: tuple[float, str] | None = None
-
-    def _record(self, ray_trial_id: str) -> TrialRecord | None:
-        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
 
     def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
         record = self._record(ray_trial_id) or next((r for r in self.records.values() if r.ray_trial_id is None),
@@ -340,6 +354,10 @@ class BridgeScheduler(FIFOScheduler):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "bridge": None}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self.bridge.attach(trial.trial_id, trial.config.get("trial_id"))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         return TrialScheduler.STOP if self.bridge.report(trial.trial_id, result) else TrialScheduler.CONTINUE

@@ -81,6 +81,10 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, 
     if not found and init_from:
         log.info("trial %s starts from %s", config["trial_id"], init_from)
         trainer = Trainer.from_checkpoint(init_from, out, overrides, on_evaluation=on_evaluation)
+        # Its best so far is the continued run's, until an evaluation here beats it: start from that file.
+        origin_best = storage.join(init_from.rsplit("/", 1)[0], "best.pt")
+        if trainer.best is not None and storage.exists(origin_best):
+            storage.write_bytes(storage.join(out, "checkpoints", "best.pt"), storage.read_bytes(origin_best))
         return trainer, trainer.step
     if not found:
         return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation), 0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_launch, settings, sweep_file
 from mlflow.tracking import MlflowClient
 
-from conftest import run_launch, settings, sweep_file
 from fpa_core import checkpoint
 from fpa_core.model import FPAGenerator
 from fpa_core.paint import load_generator
@@ -96,6 +96,11 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     assert isinstance(champion, RefinedGenerator)
     with torch.no_grad():
         assert champion(torch.randn(2, champion.config.d_latent)).shape == (2, 3, 16, 16)
+
+    # --force takes an already registered version back to champion.
+    back = run_promote("--run", worse["run_id"], "--force", *flags)
+    assert json.loads(back.stdout.splitlines()[-1])["previous_champion"] == record["version"]
+    assert client.get_model_version_by_alias(name, "champion").version == 2
 
 
 def test_promote_and_resume_reject_bad_input(tmp_path):

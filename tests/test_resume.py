@@ -12,9 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import child_runs, run_launch, sweep_file
+from mlflow.tracking import MlflowClient
 
 psutil = pytest.importorskip("psutil")
 
@@ -105,6 +104,8 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
 
     assert resume("--sweep", "nope", "--steps", "9").returncode == 2
     assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
+    assert "does not go beyond" in resume("--sweep", "short", "--steps", "6").stderr
+    assert "already exists" in resume("--sweep", "short", "--steps", "9", "--name", "short").stderr
     result = resume("--sweep", "short", "--top-k", "2", "--steps", "9", "--name", "longer")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -173,3 +174,35 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.data.tags["fpa.trial_id"] for r in children) == sorted(alive.records)  # one run each
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
+
+
+def test_ctrl_c_leaves_a_sweep_that_resumes(tmp_path, image_folder):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
+    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--storage", str(storage), "--tracking-uri", tracking]
+    root = storage / "interrupted"
+    driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "interrupted",
+                               "--num-trials", "2", "--pruner", "none", *common],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            if any(max(_logged_steps(f), default=0) >= 4 for f in _trial_folders(root)):
+                break
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)  # Ctrl-C: Ray saves the experiment and returns
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, stderr[-3000:]
+    assert "--resume interrupted" in stderr and not (root / "summary.json").exists()
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert {t.state.name for t in study.trials} <= {"RUNNING", "COMPLETE"}  # nothing failed by the interrupt
+
+    result = run_launch("--resume", "interrupted", *common, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((root / "summary.json").read_text())
+    assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 9)] * 2
+    _, parent, runs = child_runs(tracking, summary)
+    assert parent.info.status == "FINISHED" and len(runs) == 2
