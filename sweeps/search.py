@@ -83,9 +83,17 @@ _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", Trial
 
 
 class TrialBook:
-    """Trials by name, and which Ray trial holds each one."""
+    """Trials by name, which Ray trial holds each one, and the best FID so far; saved with Ray's experiment."""
 
     records: dict[str, TrialRecord]
+    best: tuple[float, str] | None
+
+    def get_state(self) -> dict[str, Any]:
+        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
+        self.best = tuple(state["best"]) if state["best"] else None
 
     def _record(self, ray_trial_id: str) -> TrialRecord | None:
         return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
@@ -224,14 +232,10 @@ class OptunaBridge(TrialBook):
 
     # -- state, saved with Ray's experiment --------------------------------------------------------------
 
-    def get_state(self) -> dict[str, Any]:
-        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
-
     def set_state(self, state: dict[str, Any]) -> None:
         """Ray's saved state of the sweep, brought up to date with the study, which a dead driver may have
         changed after Ray's last save."""
-        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
-        self.best = tuple(state["best"]) if state["best"] else None
+        super().set_state(state)
         self.reconcile()
 
     def reconcile(self) -> None:
@@ -300,13 +304,6 @@ class FixedTrials(TrialBook):
             if record.state == "RUNNING":
                 record.state = "ERROR"
                 self.tracker.finish(record.run_id, "ERROR", {"fpa.steps": record.steps, "fpa.closed_out": True})
-
-    def get_state(self) -> dict[str, Any]:
-        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
-        self.best = tuple(state["best"]) if state["best"] else None
 
 
 class BridgeSearcher(Searcher):

@@ -151,6 +151,8 @@ def launch_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         os.environ.update({name: env[name] for name in STORE_VARIABLES if env.get(name)})
         args = importlib.reload(sweeps.launch).build_parser().parse_args(argv)
         args.tracking_uri = args.tracking_uri or default_tracking_uri()
+        # A new sweep's Optuna store (a resumed one keeps the store it recorded).
+        args.optuna_storage = args.optuna_storage or os.environ.get("FPA_OPTUNA_STORAGE")
         return args
     finally:
         for name, value in saved.items():
