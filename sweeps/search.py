@@ -102,6 +102,28 @@ class TrialBook:
         """After Ray's run: a trial that a Ray trial held but that never ended (Ray stopped on Ctrl-C)."""
         return any(r.state == "RUNNING" and r.ray_trial_id is not None for r in self.records.values())
 
+    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        record = self._record(ray_trial_id)
+        if record is None or record.state != "RUNNING":
+            return
+        if result:
+            record.note(result)
+        failed = error or record.best_fid is None  # failed, or stopped before any evaluation
+        self._finish(record, "ERROR" if failed else "COMPLETE")
+
+    def close_out(self) -> None:
+        """At the sweep's end: a trial still RUNNING (its Ray trial lost for good) fails."""
+        for record in self.records.values():
+            if record.state == "RUNNING":
+                self._finish(record, "ERROR", {"fpa.closed_out": True})
+                log.warning("%s never finished: closed out as failed", record.trial_id)
+
+    def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
+        """End a trial in MLflow: COMPLETE, PRUNED or ERROR."""
+        record.state = state
+        self.tracker.finish(record.run_id, state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps,
+                                                   **(tags or {})})
+
     def attach(self, ray_trial_id: str, name: str | None) -> None:
         """A Ray trial that Ray restored holds the trial named in its config, whatever the saved state said
         (Ray saves its trials and the searcher's state one after the other)."""
@@ -165,28 +187,10 @@ class OptunaBridge(TrialBook):
         return {"train": to_dict(self.spec.trial_config(record.params)), "run_id": record.run_id,
                 "trial_id": record.trial_id, **self.trial_context}
 
-    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        record = self._record(ray_trial_id)
-        if record is None or record.state != "RUNNING":
-            return
-        if result:
-            record.note(result)
-        failed = error or record.best_fid is None  # failed, or stopped before any evaluation
-        self._finish(record, "ERROR" if failed else "COMPLETE")
-
-    def close_out(self) -> None:
-        """At the sweep's end: a trial still RUNNING (its Ray trial lost for good) fails, in Optuna and MLflow."""
-        for record in self.records.values():
-            if record.state == "RUNNING":
-                self._finish(record, "ERROR", {"fpa.closed_out": True})
-                log.warning("%s never finished: closed out as failed", record.trial_id)
-
     def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
         """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
         that dies in between leaves the trial running there, and it ends again, the same way or better."""
-        record.state = state
-        self.tracker.finish(record.run_id, state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps,
-                                                   **(tags or {})})
+        super()._finish(record, state, tags)
         if state == "COMPLETE":
             self._tell(record, value=record.best_fid, state=TrialState.COMPLETE)
         else:
@@ -289,21 +293,6 @@ class FixedTrials(TrialBook):
                 self.best = (float(result["fid"]), record.trial_id)
                 self.tracker.log_metric(self.parent_id, "best_fid", self.best[0], int(result["step"]))
         return False
-
-    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        record = self._record(ray_trial_id)
-        if record is None or record.state != "RUNNING":
-            return
-        if result:
-            record.note(result)
-        record.state = "ERROR" if error or record.best_fid is None else "COMPLETE"
-        self.tracker.finish(record.run_id, record.state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps})
-
-    def close_out(self) -> None:
-        for record in self.records.values():
-            if record.state == "RUNNING":
-                record.state = "ERROR"
-                self.tracker.finish(record.run_id, "ERROR", {"fpa.steps": record.steps, "fpa.closed_out": True})
 
 
 class BridgeSearcher(Searcher):
