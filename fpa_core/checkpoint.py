@@ -9,14 +9,18 @@ from __future__ import annotations
 import io
 import random
 import re
+from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 import torch
 
 from fpa_core import storage
+from fpa_core.config import from_dict
+from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "evaluations" (every score of every evaluation) replaced 1's "fid_history" and "best"
 LATEST_RE = re.compile(r"^latest-(\d{8})\.pt$")
 
 
@@ -35,19 +39,66 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated file, a foreign pickle, or one that would run code
         raise ValueError(f"{uri} is not a readable FPA checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{uri} is not an FPA checkpoint of format version {FORMAT_VERSION}")
+    if not isinstance(state, dict) or state.get("format_version") not in (1, FORMAT_VERSION):
+        raise ValueError(f"{uri} is not an FPA checkpoint of format version 1 or {FORMAT_VERSION}")
+    return _upgrade(state)
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 checkpoint as format 2: its FIDs become evaluations without the other scores."""
+    if state["format_version"] == 1:
+        state["evaluations"] = [{"step": int(step), "fid": fid} for step, fid in state.pop("fid_history")]
+        state.pop("best", None)
+        state["format_version"] = FORMAT_VERSION
     return state
 
 
-EXPORTED = ("step", "config", "generator_ema", "dataset", "fid_history", "best", "fid_calibrated", "fid_backbone",
-            "base")
+EXPORTED = ("step", "config", "generator_ema", "dataset", "evaluations", "fid_calibrated", "fid_backbone",
+            "fid_weights", "base")
 
 
 def generator_only(state: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's EMA generator and what describes it, without D, optimisers or RNG states: what a
-    model registry holds (``fpa_core.paint.load_generator`` reads it like a checkpoint)."""
-    return {key: state[key] for key in EXPORTED if key in state}
+    model registry holds (``load_generator`` reads it like a checkpoint)."""
+    return {"format_version": FORMAT_VERSION, **{key: state[key] for key in EXPORTED if key in state}}
+
+
+def load_generator(uri: str, ema: bool = True, device: str | torch.device = "cpu",
+                   tracking_uri: str | None = None) -> torch.nn.Module:
+    """The generator of a checkpoint (its EMA copy by default), in eval mode: an FPAGenerator, or a
+    RefinedGenerator (FPA + U-Net) from a U-Net stage.
+
+    ``uri``: a training checkpoint or an exported generator, local or ``s3://``; or a registered model,
+    ``models:/fpa-metfaces@champion`` or ``models:/fpa-metfaces/3``, looked up in the MLflow registry
+    at ``tracking_uri`` (default: MLFLOW_TRACKING_URI, else ./mlflow.db) when the sweep package is installed.
+    """
+    return generator_from_state(load(resolve(uri, tracking_uri), map_location=device), ema, uri).to(device)
+
+
+def generator_from_state(state: dict[str, Any], ema: bool = True, source: str = "the checkpoint") -> torch.nn.Module:
+    """The generator a loaded checkpoint holds, in eval mode (see load_generator)."""
+    key = "generator_ema" if ema else "generator"
+    if key not in state:
+        raise ValueError(f"{source} holds only the EMA generator (an exported model); drop --raw")
+    config = state["config"]
+    model = FPAGenerator(from_dict(ModelConfig, config["model"], f"the model config in {source}"))
+    if config.get("stage", "fpa") == "unet":
+        model = RefinedGenerator(model, UNet(from_dict(UNetConfig, config["unet"], f"the unet config in {source}")))
+    model.load_state_dict(state[key])
+    return model.eval()
+
+
+def resolve(uri: str, tracking_uri: str | None = None) -> str:
+    """A checkpoint's location: ``uri`` itself, or for ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` the
+    local file of the registered model, through the resolver that the sweep package registers under the entry
+    point group ``fpa_core.model_registries`` (fpa_core itself never imports MLflow)."""
+    if not uri.startswith("models:/"):
+        return uri
+    resolvers = {ep.name: ep for ep in entry_points(group="fpa_core.model_registries")}
+    if "models" not in resolvers:
+        raise ValueError(f"{uri}: models:/ URIs need the sweep package (pip install 'fast-weight-painters[sweep]'); "
+                         "or pass the checkpoint file itself")
+    return resolvers["models"].load()(uri, tracking_uri)
 
 
 def latest_name(step: int) -> str:

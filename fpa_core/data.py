@@ -37,13 +37,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    import torch
+from fpa_core.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -169,19 +167,7 @@ def default_data_root() -> Path:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("FPA_CACHE_DIR")
-    return Path(base, "datasets") if base else Path.home() / ".cache" / "fpa" / "datasets"
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """A uint8 batch (B, H, W, 3) as a float32 tensor (B, 3, H, W) in [-1, 1] (0 -> -1, 255 -> 1)."""
-    batch = np.asarray(images)
-    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected a uint8 batch of shape (B, H, W, 3), got {batch.dtype} {batch.shape}")
-    import torch  # here, so that the command line starts without the seconds torch takes to import
-
-    chw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)  # a fresh, writable copy
-    return torch.from_numpy(chw).div_(127.5).sub_(1.0)
+    return cache_dir("datasets")
 
 
 def _resolve(name_or_path: str, data_root: Path) -> _Source:

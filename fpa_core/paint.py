@@ -13,47 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from importlib.metadata import entry_points
 
 import torch
 
-from fpa_core import checkpoint, pictures, storage
-from fpa_core.config import ConfigError, from_dict
-from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
-
-
-def load_generator(uri: str, ema: bool = True, device: str | torch.device = "cpu",
-                   tracking_uri: str | None = None) -> torch.nn.Module:
-    """The generator of a checkpoint (its EMA copy by default), in eval mode: an FPAGenerator, or a
-    RefinedGenerator (FPA + U-Net) from a U-Net stage.
-
-    ``uri``: a training checkpoint or an exported generator, local or ``s3://``; or a registered model,
-    ``models:/fpa-metfaces@champion`` or ``models:/fpa-metfaces/3``, looked up in the MLflow registry
-    at ``tracking_uri`` (default: MLFLOW_TRACKING_URI, else ./mlflow.db) when the sweep package is installed.
-    """
-    if uri.startswith("models:/"):
-        uri = _registered_model(uri, tracking_uri)
-    state = checkpoint.load(uri, map_location=device)
-    key = "generator_ema" if ema else "generator"
-    if key not in state:
-        raise ValueError(f"{uri} holds only the EMA generator (an exported model); drop --raw")
-    config = state["config"]
-    model = FPAGenerator(from_dict(ModelConfig, config["model"], f"the model config in {uri}"))
-    if config.get("stage", "fpa") == "unet":
-        model = RefinedGenerator(model, UNet(from_dict(UNetConfig, config["unet"], f"the unet config in {uri}")))
-    model.load_state_dict(state[key])
-    return model.to(device).eval()
-
-
-def _registered_model(uri: str, tracking_uri: str | None) -> str:
-    """The local file of a registered model, through the resolver the sweep package registers under the
-    entry point group ``fpa_core.model_registries`` (fpa_core itself never imports MLflow)."""
-    resolvers = {ep.name: ep for ep in entry_points(group="fpa_core.model_registries")}
-    if "models" not in resolvers:
-        raise ValueError(f"{uri}: models:/ URIs need the sweep package (pip install 'fast-weight-painters[sweep]'); "
-                         "or pass the checkpoint file itself")
-    return resolvers["models"].load()(uri, tracking_uri)
+from fpa_core import pictures, storage
+from fpa_core.checkpoint import load_generator
+from fpa_core.config import ConfigError
 
 
 def draw(generator: torch.nn.Module, out: str, *, samples: int = 64, paintings: int = 4, seed: int = 0,

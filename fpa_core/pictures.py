@@ -15,17 +15,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fpa_core.images import to_uint8
 from fpa_core.model import Painting
 
 GAP = 2  # pixels between pictures
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8; one channel is repeated to three."""
-    images = images.detach().float().cpu().clamp(-1, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def grid(images: Tensor, nrow: int) -> Image.Image:

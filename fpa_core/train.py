@@ -18,7 +18,8 @@ import time
 
 from fpa_core.config import ConfigError, parse_overrides
 from fpa_core.data import DatasetNotFoundError
-from fpa_core.fid import FIDWeightsUnavailable
+from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable
+from fpa_core.metrics import describe
 from fpa_core.train_config import load_config, packaged_configs
 from fpa_core.trainer import NonFiniteLossError, RunExistsError, Trainer
 
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides)
             out = args.out or f"runs/{_stem(args.config)}-{time.strftime('%Y%m%d-%H%M%S')}"
             trainer = Trainer(config, out)
-    except (ConfigError, DatasetNotFoundError, FIDWeightsUnavailable, RunExistsError, FileNotFoundError,
-            ValueError) as e:
+    except (ConfigError, DatasetNotFoundError, FIDWeightsUnavailable, FIDWeightsInvalid, RunExistsError,
+            FileNotFoundError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
     try:
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
               f"Continue with: python -m fpa_core.train --out {trainer.run.root} --resume", file=sys.stderr)
         return 130
     label = "FID" if summary["fid_calibrated"] else "FID (uncalibrated: inception-random)"
-    best = "-" if summary["best_fid"] is None else f"{summary['best_fid']:.2f} at step {summary['best_fid_step']}"
-    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; best {label} {best}; "
-          f"final {summary['final_fid']:.2f}")
+    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s")
+    for name in ("best", "final"):
+        if summary[name] is not None:
+            print(f"{name} (step {summary[name]['step']}): {describe(summary[name], label)}")
     print(f"run folder: {summary['out']}  (summary.json, metrics.jsonl, checkpoints/, samples/, painting/)")
-    print(json.dumps({k: summary[k] for k in ("steps", "best_fid", "final_fid", "fid_calibrated")}))
+    print(json.dumps({k: summary[k] for k in ("steps", "metric", "best_fid", "best_kid", "final_fid", "final_kid",
+                                              "fid_calibrated")}))
     return 0
 
 

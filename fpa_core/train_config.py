@@ -75,16 +75,22 @@ class EMAConfig:
 
 @dataclass
 class FIDConfig:
+    """The periodic evaluation: FID, KID and precision/recall of the EMA generator (fpa_core.metrics)."""
+
     every: int = 5000  # steps between evaluations (and at the last step)
     num_images: int = 10000  # generated images per evaluation
     dims: Literal[64, 192, 768, 2048] = 2048
     backbone: Literal["inception", "inception-random"] = "inception"  # inception-random is uncalibrated
     image_format: Literal["jpeg", "png"] = "jpeg"  # the paper's FIDs went through JPEG
     batch_size: int = 50
+    metric: Literal["fid", "kid"] = "fid"  # what picks best.pt, and what a sweep minimises
 
     def validate(self) -> list[str]:
-        return [f"{n}: must be a positive integer, got {getattr(self, n)}"
-                for n in ("every", "num_images", "batch_size") if getattr(self, n) < 1]
+        errors = [f"{n}: must be a positive integer, got {getattr(self, n)}"
+                  for n in ("every", "batch_size") if getattr(self, n) < 1]
+        if self.num_images < 2:
+            errors.append(f"num_images: FID, KID and precision/recall need at least 2 images, got {self.num_images}")
+        return errors
 
 
 @dataclass

@@ -35,12 +35,12 @@ import yaml
 from fpa_core import checkpoint, pictures, storage
 from fpa_core.augment import maybe_augment
 from fpa_core.config import from_dict, to_dict
-from fpa_core.data import ImageSet, load_images, to_tensor
+from fpa_core.data import ImageSet, load_images
 from fpa_core.discriminator import Discriminator
-from fpa_core.fid import FIDEvaluator
+from fpa_core.images import to_tensor
 from fpa_core.losses import discriminator_loss, generator_loss, gradient_penalty, reconstruction_loss
+from fpa_core.metrics import Evaluator, Scores, best_evaluation, describe, latent_sampler
 from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.paint import load_generator
 from fpa_core.progress import Progress
 from fpa_core.train_config import TrainConfig, build_config
 from fpa_core.unet import RefinedGenerator, UNet
@@ -58,12 +58,12 @@ class RunExistsError(RuntimeError):
 
 @dataclass
 class Evaluation:
-    """What the trainer knows after a periodic FID evaluation (handed to ``on_evaluation``)."""
+    """What the trainer knows after a periodic evaluation (handed to ``on_evaluation``)."""
 
     step: int
-    fid: float
-    best_fid: float
-    fid_calibrated: bool
+    scores: Scores
+    best: dict[str, Any]  # the best evaluation so far by the config's fid.metric: its step and scores
+    calibrated: bool
     losses: dict[str, float]
     images_per_s: float
     checkpoint: str  # the latest checkpoint, written at this step
@@ -132,9 +132,9 @@ class Trainer:
                              f"{self.data.fingerprint[:12]} now); resume with the original data")
         if fid_cache_uri is None and storage.is_s3(out):
             fid_cache_uri = f"s3://{out[len('s3://'):].split('/')[0]}/.fpa-cache/fid"
-        self.fid = FIDEvaluator(backbone=config.fid.backbone, dims=config.fid.dims,
-                                image_format=config.fid.image_format, batch_size=config.fid.batch_size,
-                                device=self.device, cache_uri=fid_cache_uri)
+        self.evaluator = Evaluator(backbone=config.fid.backbone, dims=config.fid.dims,
+                                   image_format=config.fid.image_format, batch_size=config.fid.batch_size,
+                                   device=self.device, cache_uri=fid_cache_uri)
 
         self.base: dict[str, Any] | None = state.get("base") if state else None  # stage unet: the frozen FPA
         if config.stage == "unet" and state is None:
@@ -151,8 +151,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.optim.lr, betas=betas)
 
         self.step, self.wall_time_s = 0, 0.0
-        self.fid_history: list[list[float]] = []  # [step, fid]
-        self.best: tuple[float, int] | None = None  # (fid, step)
+        self.evaluations: list[dict[str, Any]] = []  # {"step", "fid", "kid", "kid_std", "precision", "recall", ...}
         self.last_checkpoint: str | None = None
         self._pictures: dict[str, str] = {}  # the pictures of the latest evaluation
         if state:
@@ -170,16 +169,16 @@ class Trainer:
         if (model.height, model.width) != (config.data.resolution,) * 2:
             raise ValueError(f"base_generator {config.base_generator} paints {model.height}x{model.width} images, "
                              f"but data.resolution is {config.data.resolution}; set it to {model.height}")
-        fids = dict((int(s), f) for s, f in state["fid_history"])
-        base = {"uri": config.base_generator, "step": state["step"], "fid": fids.get(state["step"]),
-                "fid_backbone": state["fid_backbone"], "fid_calibrated": state["fid_calibrated"]}
+        scores = next((e for e in state["evaluations"] if e["step"] == state["step"]), {})
+        base = {"uri": config.base_generator, "step": state["step"], "fid": scores.get("fid"), "kid": scores.get("kid"),
+                **{k: state.get(k) for k in ("fid_backbone", "fid_calibrated", "fid_weights")}}
         return dataclasses.replace(config, model=model), base
 
     def _generator(self, config: TrainConfig, fresh: bool) -> torch.nn.Module:
         if config.stage == "fpa":
             return FPAGenerator(config.model)
         # A new U-Net stage loads the base's EMA weights; a resumed one has them in its checkpoint.
-        fpa = load_generator(config.base_generator) if fresh else FPAGenerator(config.model)
+        fpa = checkpoint.load_generator(config.base_generator) if fresh else FPAGenerator(config.model)
         return RefinedGenerator(fpa, UNet(config.unet))
 
     @classmethod
@@ -206,7 +205,7 @@ class Trainer:
         window_images, window_start = 0, time.perf_counter()
         losses: dict[str, float] = {}
         images_per_s = 0.0
-        if self.step >= cfg.steps and not any(s == self.step for s, _ in self.fid_history):
+        if self.step >= cfg.steps and not any(e["step"] == self.step for e in self.evaluations):
             self._evaluate()  # --steps 0: the untrained generator's FID
             self._save_latest()
         while self.step < cfg.steps:
@@ -231,15 +230,17 @@ class Trainer:
             evaluated = self.step % cfg.fid.every == 0 or self.step == cfg.steps
             if evaluated:
                 evaluation_start = time.perf_counter()
-                fid = self._evaluate()
+                scores = self._evaluate()
                 self.wall_time_s += time.perf_counter() - evaluation_start
             if evaluated or self.step % cfg.checkpoint.every == 0:
                 self._save_latest()
                 if evaluated and self.on_evaluation:
-                    self.on_evaluation(self._evaluation(fid, losses, images_per_s))
-            last_fid = f"{self.fid_history[-1][1]:.2f}" if self.fid_history else "-"
+                    self.on_evaluation(self._evaluation(scores, losses, images_per_s))
+            last = self.evaluations[-1] if self.evaluations else None
             progress.update(self.step, {"d": f"{losses['d_loss']:.3f}", "g": f"{losses['g_loss']:.3f}",
-                                        "img/s": f"{images_per_s:.0f}", "fid": last_fid})
+                                        "img/s": f"{images_per_s:.0f}",
+                                        "fid": f"{last['fid']:.2f}" if last else "-",
+                                        "kid": f"{last['kid']:.4f}" if last else "-"})
         progress.close()
         return self._write_summary()
 
@@ -305,25 +306,27 @@ class Trainer:
 
     # -- evaluation, pictures and checkpoints -----------------------------------------------------------
 
-    def _evaluate(self) -> float:
-        cfg = self.cfg
-        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best evaluation so far by fid.metric (the one best.pt holds)."""
+        return best_evaluation(self.evaluations, self.cfg.fid.metric)
 
-        def sample(n: int) -> torch.Tensor:
-            z = torch.randn(n, cfg.model.d_latent, generator=generator, device=self.device)
-            with torch.no_grad(), self._autocast():
-                return self.G_ema(z).float()
-
-        fid = self.fid.fid(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
-        self.fid_history.append([self.step, fid])
+    def _evaluate(self) -> Scores:
+        """Score the EMA generator, in float32 whatever the training precision, and draw its pictures."""
+        cfg, metric = self.cfg, self.cfg.fid.metric
+        previous = self.best
+        sample = latent_sampler(self.G_ema, cfg.seed, self.step, self.device)
+        scores = self.evaluator.scores(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
+        self.evaluations.append({"step": self.step, **scores.to_dict()})
         self._pictures = self._draw_pictures()
-        self.run.log({"step": self.step, "fid": fid, "fid_calibrated": self.fid.calibrated,
+        self.run.log({"step": self.step, **scores.to_dict(), "fid_calibrated": self.evaluator.calibrated,
                       "time": round(time.time(), 3)})
-        if self.best is None or fid < self.best[0]:
-            self.best = (fid, self.step)
+        if previous is None or getattr(scores, metric) < previous[metric]:
             checkpoint.save(self.run.uri("checkpoints", "best.pt"), self._state())
-        log.info("step %d: %s %.3f (best %.3f at step %d)", self.step, self.fid.label, fid, *self.best)
-        return fid
+        best = self.best
+        log.info("step %d: %s (best %s %.4g at step %d)", self.step, describe(scores.to_dict(), self.evaluator.label),
+                 metric.upper(), best[metric], best["step"])
+        return scores
 
     def _draw_pictures(self) -> dict[str, str]:
         cfg = self.cfg
@@ -341,8 +344,8 @@ class Trainer:
             "gif": self.run.write(f"painting/painting-{tag}.gif", pictures.painting_gif(painting)),
         }
 
-    def _evaluation(self, fid: float, losses: dict[str, float], images_per_s: float) -> Evaluation:
-        return Evaluation(step=self.step, fid=fid, best_fid=self.best[0], fid_calibrated=self.fid.calibrated,
+    def _evaluation(self, scores: Scores, losses: dict[str, float], images_per_s: float) -> Evaluation:
+        return Evaluation(step=self.step, scores=scores, best=dict(self.best), calibrated=self.evaluator.calibrated,
                           losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
                           best_checkpoint=self.run.uri("checkpoints", "best.pt"), pictures=self._pictures)
 
@@ -357,10 +360,10 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "rng": checkpoint.rng_state(),
             "dataset": {"name": self.data.name, "fingerprint": self.data.fingerprint},
-            "fid_history": [list(x) for x in self.fid_history],
-            "best": list(self.best) if self.best else None,
-            "fid_calibrated": self.fid.calibrated,
+            "evaluations": [dict(e) for e in self.evaluations],
+            "fid_calibrated": self.evaluator.calibrated,
             "fid_backbone": self.cfg.fid.backbone,
+            "fid_weights": self.evaluator.weights_sha256,
             "wall_time_s": self.wall_time_s,
             **({"base": self.base} if self.base else {}),
         }
@@ -384,8 +387,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.cfg.optim.lr
         self.step, self.wall_time_s = state["step"], state["wall_time_s"]
-        self.fid_history = [list(x) for x in state["fid_history"]]
-        self.best = tuple(state["best"]) if state["best"] else None
+        self.evaluations = [dict(e) for e in state["evaluations"]]
         self.last_checkpoint = uri
         checkpoint.set_rng_state(state["rng"])
         lost = self.run.load_metrics(up_to_step=self.step)
@@ -395,21 +397,28 @@ class Trainer:
         log.info("resumed from %s at step %d (%d logged steps after it are redone)", uri, self.step, lost)
 
     def _write_summary(self) -> dict[str, Any]:
-        final = self.fid_history[-1][1] if self.fid_history else None
+        best, final = self.best, self.evaluations[-1] if self.evaluations else None
         summary = {
             "out": self.run.root,
             "dataset": self.data.name,
             "steps": self.step,
-            "best_fid": self.best[0] if self.best else None,
-            "best_fid_step": self.best[1] if self.best else None,
-            "final_fid": final,
-            "fid_calibrated": self.fid.calibrated,
+            "metric": self.cfg.fid.metric,  # what picked best.pt
+            "best": best,
+            "final": final,
+            "best_fid": best["fid"] if best else None,
+            "best_kid": best["kid"] if best else None,
+            "best_fid_step": best["step"] if best else None,
+            "final_fid": final["fid"] if final else None,
+            "final_kid": final["kid"] if final else None,
+            "fid_calibrated": self.evaluator.calibrated,
             "fid_backbone": self.cfg.fid.backbone,
-            "fid_history": self.fid_history,
+            "fid_weights": self.evaluator.weights_sha256,
+            "evaluations": self.evaluations,
+            "fid_history": [[e["step"], e["fid"]] for e in self.evaluations],
             "wall_time_s": round(self.wall_time_s, 2),
             **({"stage": "unet", "base": self.base} if self.base else {}),
             "checkpoints": {"latest": self.last_checkpoint,
-                            "best": self.run.uri("checkpoints", "best.pt") if self.best else None},
+                            "best": self.run.uri("checkpoints", "best.pt") if best else None},
         }
         self.run.flush()
         self.run.write("summary.json", json.dumps(summary, indent=2))

@@ -108,11 +108,10 @@ def fpa_of(state: dict) -> dict:
     weights = {k[len("fpa."):]: v for k, v in state["generator_ema"].items() if k.startswith("fpa.")}
     base = state.get("base") or {}
     step = base.get("step", state["step"])
-    history = [[step, base["fid"]]] if base.get("fid") is not None else []
-    return {"step": step, "config": config, "generator_ema": weights, "dataset": state["dataset"],
-            "fid_history": history, "best": history[0] if history else None,
-            "fid_calibrated": base.get("fid_calibrated", state["fid_calibrated"]),
-            "fid_backbone": base.get("fid_backbone", state["fid_backbone"])}
+    scores = {k: base[k] for k in ("fid", "kid") if base.get(k) is not None}
+    return {"format_version": state["format_version"], "step": step, "config": config, "generator_ema": weights,
+            "dataset": state["dataset"], "evaluations": [{"step": step, **scores}] if scores else [],
+            **{k: base.get(k, state.get(k)) for k in ("fid_calibrated", "fid_backbone", "fid_weights")}}
 
 
 class RefinedGenerator(nn.Module):

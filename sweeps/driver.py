@@ -19,7 +19,7 @@ from ray import tune
 
 from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
-from fpa_core.fid import FIDWeightsUnavailable, find_weights
+from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
 from fpa_core.unet import fpa_of
 from sweeps.search import BridgeScheduler, BridgeSearcher, FixedTrials, OptunaBridge, TrialRecord, make_pruner
 from sweeps.space import SweepSpec, flatten, spec_from_dict
@@ -49,6 +49,7 @@ class SweepSettings:
     address: str | None = None
     profile: str | None = None
     stage: str = "fpa"  # fpa, or unet: a U-Net on the frozen FPA of ``base``
+    metric: str = "fid"  # what the study minimises and prunes on (fid.metric of every trial)
     base: str | None = None  # stage unet: champion, models:/NAME@ALIAS or /NAME/VERSION, or a checkpoint
 
     def public(self) -> dict[str, Any]:
@@ -78,7 +79,7 @@ class SweepInterrupted(RuntimeError):
 
 def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     """Run a new sweep to its end; returns (and writes) its summary."""
-    spec = _resolve_fid_backbone(spec)
+    spec = _resolve_fid_backbone(spec).with_fixed({"fid": {"metric": settings.metric}})
     sweep_root = storage.join(settings.storage, settings.name)
     if storage.exists(storage.join(sweep_root, SWEEP_FILE)):
         raise ValueError(f"{sweep_root} already holds a sweep named {settings.name}: continue it with "
@@ -114,8 +115,8 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings, sweep_root: str) -> tu
         state = fpa_of(state)
     uri = storage.join(sweep_root, "base", "generator.pt")
     checkpoint.save(uri, checkpoint.generator_only(state))
-    fids = {int(s): f for s, f in state["fid_history"]}
-    base = {"source": source, "uri": uri, "step": state["step"], "fid": fids.get(state["step"]),
+    scores = next((e for e in state["evaluations"] if e["step"] == state["step"]), {})
+    base = {"source": source, "uri": uri, "step": state["step"], "fid": scores.get("fid"), "kid": scores.get("kid"),
             "fid_calibrated": state["fid_calibrated"]}
     log.info("U-Net stage on %s (step %d, FID %s)", source, base["step"], base["fid"])
     fixed = {"stage": "unet", "base_generator": uri,
@@ -211,9 +212,10 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
 
     finished = storage_summary(storage_root, sweep)
     saved = load_saved_sweep(storage_root, sweep)
-    ranked = sorted((t for t in finished["trials"] if t["best_fid"] is not None), key=lambda t: t["best_fid"])
+    metric = finished["metric"]
+    ranked = sorted((t for t in finished["trials"] if t["best_value"] is not None), key=lambda t: t["best_value"])
     if not ranked:
-        raise ValueError(f"sweep {sweep} has no trial with an FID to continue from")
+        raise ValueError(f"sweep {sweep} has no trial with an evaluation to continue from")
     picked = ranked[:top_k]
     if steps <= max(t["steps"] for t in picked):
         raise ValueError(f"--steps {steps} does not go beyond the trials' {max(t['steps'] for t in picked)} steps")
@@ -240,11 +242,12 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
         run_id = tracker.start_child(parent_id, name, trial["trial_id"], {
             **flatten(config), "fpa.continues_run": trial["run_id"]}, tags={
             "fpa.continues_run": trial["run_id"], "fpa.continues_checkpoint": origin, "fpa.continues_sweep": sweep})
-        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"])
+        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"], metric)
         plans.append((record, {"train": config, "run_id": run_id, "trial_id": record.trial_id, "init_from": origin,
                                **context}))
-        log.info("%s continues from %s (best FID %.3f) to step %d", record.trial_id, origin, trial["best_fid"], steps)
-    bridge = FixedTrials(plans, tracker, parent_id)
+        log.info("%s continues from %s (best %s %.4g) to step %d", record.trial_id, origin, metric.upper(),
+                 trial["best_value"], steps)
+    bridge = FixedTrials(plans, tracker, parent_id, metric)
     _fit(_new_tuner(settings, tune.with_resources(run_trial, resources), bridge), bridge, settings, tracker,
          parent_id, resumable=False)
     bridge.close_out()
@@ -338,7 +341,7 @@ def _resolve_fid_backbone(spec: SweepSpec) -> SweepSpec:
     try:
         find_weights()
         return spec.with_fixed({"fid": {"backbone": "inception"}})
-    except FIDWeightsUnavailable as e:
+    except (FIDWeightsUnavailable, FIDWeightsInvalid) as e:
         if backbone != "auto":
             raise ValueError(f"{e}\nOr run the sweep uncalibrated: --set fid.backbone=inception-random") from None
     print("No FID Inception weights on this machine: this sweep's FIDs use the uncalibrated inception-random "
@@ -376,20 +379,24 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: OptunaBridge, tra
              calibrated: bool, base: dict[str, Any] | None = None) -> dict[str, Any]:
     trials = []
     for record in sorted(bridge.records.values(), key=lambda r: r.number):
+        best = record.best or {}
         trials.append({"trial_id": record.trial_id, "optuna_trial": record.number,
                        "state": "RUNNING" if record.state == "RUNNING" else record.state, "steps": record.steps,
-                       "best_fid": record.best_fid, "run_id": record.run_id, "params": record.params,
-                       "fids": record.fids, **record.placement})
-    finished = [r for r in bridge.records.values() if r.best_fid is not None and r.state in ("COMPLETE", "PRUNED")]
+                       "best_value": record.best_value, "best_fid": best.get("fid"), "best_kid": best.get("kid"),
+                       "run_id": record.run_id, "params": record.params, "fids": record.fids,
+                       "evaluations": record.evaluations, **record.placement})
+    finished = [r for r in bridge.records.values() if r.best is not None and r.state in ("COMPLETE", "PRUNED")]
     best = None
     if finished:
-        winner = min(finished, key=lambda r: r.best_fid)
+        winner = min(finished, key=lambda r: r.best_value)
         trial_out = storage.join(settings.storage, settings.name, "trials", winner.trial_id)
-        best = {"trial_id": winner.trial_id, "fid": winner.best_fid, "run_id": winner.run_id,
+        best = {"trial_id": winner.trial_id, "value": winner.best_value, "fid": winner.best_fid,
+                "kid": winner.best.get("kid"), "step": winner.best["step"], "run_id": winner.run_id,
                 "params": winner.params, "config": to_dict(spec.trial_config(winner.params)),
                 "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(tracking_uri),
-            "parent_run_id": parent_id, "fid_calibrated": calibrated, "settings": settings.public(),
+            "parent_run_id": parent_id, "metric": bridge.metric, "fid_calibrated": calibrated,
+            "settings": settings.public(),
             "stage": settings.stage, "base": base, "best": best, "trials": trials}
 
 
@@ -398,10 +405,12 @@ def _finish_parent(tracker: SweepTracker, parent_id: str, spec: SweepSpec, summa
     if summary["best"]:
         tracker.log_text(parent_id, yaml.safe_dump(summary["best"]["config"], sort_keys=False), "best_config.yaml")
         tracker.client.set_tag(parent_id, "fpa.best_trial", summary["best"]["trial_id"])
-    curves = {f"{r.trial_id} ({r.state.lower()})": [tuple(x) for x in r.fids] for r in bridge.records.values()}
-    png = plot_fid_curves(curves, f"{summary['name']}: FID against step")
+    metric = bridge.metric
+    curves = {f"{r.trial_id} ({r.state.lower()})": [(e["step"], e[metric]) for e in r.evaluations if metric in e]
+              for r in bridge.records.values()}
+    png = plot_fid_curves(curves, f"{summary['name']}: {metric.upper()} against step", metric.upper())
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder, "fid_vs_step.png")
+        path = Path(folder, f"{metric}_vs_step.png")
         path.write_bytes(png)
         tracker.log_file(parent_id, str(path))
     tracker.log_text(parent_id, json.dumps(summary, indent=2), "summary.json")
@@ -414,10 +423,12 @@ def _cell(value: Any) -> str:
 
 def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) -> None:
     keys = [k for k in KEY_PARAMS if any(k in t["params"] for t in summary["trials"])]
-    rows = [("trial", "state", "steps", "best FID", *[k.split(".")[-1] for k in keys])]
+    rows = [("trial", "state", "steps", "FID", "KID", *[k.split(".")[-1] for k in keys])]
     for t in summary["trials"]:
         fid = "-" if t["best_fid"] is None else f"{t['best_fid']:.2f}"
-        rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, *[_cell(t["params"].get(k, "")) for k in keys]))
+        kid = "-" if t["best_kid"] is None else f"{t['best_kid']:.4f}"
+        rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, kid,
+                     *[_cell(t["params"].get(k, "")) for k in keys]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
@@ -429,7 +440,9 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
               f"{'-' if base_fid is None else f'{base_fid:.3f}'} (the U-Net trials refine its output)")
     if summary["best"]:
         best = summary["best"]
-        print(f"\nbest: {best['trial_id']}, {label} {best['fid']:.3f}, checkpoint {best['checkpoint']}")
+        kid = "-" if best["kid"] is None else f"{best['kid']:.4f}"
+        print(f"\nbest by {summary['metric'].upper()}: {best['trial_id']} at step {best['step']}, {label} "
+              f"{best['fid']:.3f}, KID {kid}, checkpoint {best['checkpoint']}")
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
+from fpa_core.metrics import METRICS  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
 
 log = logging.getLogger("sweeps.launch")
@@ -38,7 +39,7 @@ RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "
                 ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"),
                 ("--gpus-per-trial", "gpus_per_trial"), ("--pruner", "pruner"),
                 ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides"), ("--stage", "stage"),
-                ("--base", "base")]
+                ("--base", "base"), ("--metric", "metric")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial takes (default: 1 if the cluster has "
                                                         "GPUs now, else 0; 1 makes an autoscaler add GPU nodes)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner (default: median)")
-    p.add_argument("--warmup", type=int, default=1, help="FID evaluations of a trial before it may be pruned")
+    p.add_argument("--metric", choices=METRICS, default="fid",
+                   help="what Optuna minimises and prunes on: fid (default) or kid, which is unbiased at the small "
+                        "sample sizes of a periodic evaluation; also what picks each trial's best checkpoint")
+    p.add_argument("--warmup", type=int, default=1, help="evaluations of a trial before it may be pruned")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile,
-        stage=args.stage, base=args.base if args.stage == "unet" else None)
+        stage=args.stage, base=args.base if args.stage == "unet" else None, metric=args.metric)
     try:
         summary = run_sweep(spec, settings)
     except SweepInterrupted as e:

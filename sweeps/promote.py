@@ -2,10 +2,13 @@
 
     python sweeps/promote.py --sweep metfaces-20261128-101500     # its best trial's best checkpoint
     python sweeps/promote.py --run 3f2a...                         # the best checkpoint of one MLflow run
+    python sweeps/promote.py --sweep NAME --evaluate 50000         # scored first as the paper did (fp32, 50 K)
     python sweeps/promote.py --sweep NAME --force                  # champion even if not better
 
-Registers a new version and moves the alias ``champion`` to it only when its FID beats the current
-champion's, measured the same way; the former champion keeps ``previous-champion``. Then:
+Registers a new version and moves the alias ``champion`` to it only when it beats the current champion on
+the run's metric (FID, or KID for a --metric kid sweep) measured the same way (the same protocol: Inception
+weights, feature size, image format and count, dataset); the former champion keeps ``previous-champion``.
+Then:
 
     python -m fpa_core.paint --model models:/fpa-metfaces@champion --out paintings/
 """
@@ -30,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sweep", help="a finished sweep (its summary.json in --storage): promote its best trial")
     source.add_argument("--run", metavar="RUN_ID", help="an MLflow trial run: promote its best checkpoint")
-    parser.add_argument("--force", action="store_true", help="make it champion even if its FID is not better")
+    parser.add_argument("--force", action="store_true", help="make it champion even if it is not better")
+    parser.add_argument("--evaluate", type=int, metavar="N",
+                        help="score the candidate first with N images as fpa_core.evaluate does (the paper used "
+                             "50000); champions are compared only under the same protocol")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help="where the sweep ran, a folder or s3:// (default: FPA_STORAGE, else ./sweeps_out)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
@@ -38,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     problems = tracking_uri_problems(args.tracking_uri)
+    if args.evaluate is not None and args.evaluate < 2:
+        problems.append(f"--evaluate must be at least 2 images, got {args.evaluate}")
     if problems:
         parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from fpa_core.inception_weights import FIDWeightsUnavailable
     from sweeps.registry import promote, storage_summary
     from sweeps.tracking import default_tracking_uri
 
@@ -63,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             if not checkpoint_uri:
                 print(f"nothing to promote: run {args.run} has no best checkpoint (no FID evaluation logged)")
                 return 0
-        result = promote(checkpoint_uri, run_id, tracking_uri, sweep=sweep, force=args.force)
-    except (ValueError, FileNotFoundError, MlflowException) as e:
+        result = promote(checkpoint_uri, run_id, tracking_uri, sweep=sweep, force=args.force, evaluate=args.evaluate)
+    except (ValueError, FileNotFoundError, MlflowException, FIDWeightsUnavailable) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(result.describe())
     if result.version is not None:

@@ -2,8 +2,10 @@
 
 A version holds a checkpoint's EMA generator (``fpa_core.checkpoint.generator_only``), logged as an
 artifact of the run that trained it. The alias ``champion`` names the best version, ``previous-champion``
-the one it replaced (aliases, not the deprecated stages). Two FIDs are compared only when they were
-measured the same way (``fid_settings``): a calibrated and an uncalibrated FID never are.
+the one it replaced (aliases, not the deprecated stages). Two versions are compared on the run's metric
+(FID or KID) only when it was measured the same way (the ``fpa.protocol`` tag: Inception weights, feature
+size, image format, image count, precision, dataset and resolution); a calibrated and an uncalibrated FID
+never are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint, storage
+from fpa_core.evaluate import evaluate_checkpoint
+from fpa_core.metrics import SCORES
 from sweeps.tracking import _slug, default_tracking_uri, redact
 
 log = logging.getLogger(__name__)
@@ -33,13 +37,20 @@ def model_name(dataset: str) -> str:
     return "fpa-" + _slug(Path(dataset).stem if ("/" in dataset or dataset.endswith(".zip")) else dataset)
 
 
-def fid_settings(config: dict[str, Any]) -> str:
-    """What makes two FIDs comparable: the backbone (calibrated or not), feature size, sample count,
-    image format, dataset and resolution. A canonical JSON string, kept as a version tag."""
-    fid, data = config["fid"], config["data"]
-    return json.dumps({"backbone": fid["backbone"], "dims": fid["dims"], "num_images": fid["num_images"],
-                       "image_format": fid["image_format"], "dataset": data["dataset"],
-                       "resolution": data["resolution"]}, sort_keys=True)
+def training_protocol(state: dict[str, Any]) -> dict[str, Any]:
+    """How a checkpoint's own (periodic) scores were measured: what makes two of them comparable."""
+    fid = state["config"]["fid"]
+    return {"backbone": fid["backbone"], "calibrated": bool(state["fid_calibrated"]),
+            "weights_sha256": state.get("fid_weights"), "dims": fid["dims"], "image_format": fid["image_format"],
+            "num_images": fid["num_images"], "precision": "fp32", "dataset": state["dataset"]["name"],
+            "dataset_fingerprint": state["dataset"]["fingerprint"], "resolution": state["config"]["data"]["resolution"]}
+
+
+def protocol_tag(protocol: dict[str, Any], metric: str) -> str:
+    """The comparable part of a protocol and the metric compared, as a canonical JSON string (a version tag)."""
+    keys = ("backbone", "calibrated", "weights_sha256", "dims", "image_format", "num_images", "precision",
+            "dataset", "dataset_fingerprint", "resolution")
+    return json.dumps({**{k: protocol.get(k) for k in keys}, "metric": metric}, sort_keys=True)
 
 
 @dataclass
@@ -64,51 +75,62 @@ class Promotion:
 
 
 def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *, sweep: str | None = None,
-            force: bool = False) -> Promotion:
+            force: bool = False, evaluate: int | None = None) -> Promotion:
     """Register the EMA generator of ``checkpoint_uri`` (trained in MLflow run ``run_id``) and make it the
-    champion if its FID beats the current champion's under the same FID settings (or ``force``)."""
+    champion if it beats the current champion on the run's metric (fid.metric) under the same protocol, or
+    ``force``. ``evaluate``: score it first as the paper did (fpa_core.evaluate, that many images), not by the
+    scores its run logged."""
     client = MlflowClient(tracking_uri or default_tracking_uri())
     state = checkpoint.load(checkpoint_uri)
     config, step = state["config"], int(state["step"])
+    metric = config["fid"].get("metric", "fid")
     name = model_name(config["data"]["dataset"])
-    fid = dict((int(s), f) for s, f in state["fid_history"]).get(step)
-    if fid is None:
-        return Promotion(name, None, False, f"{checkpoint_uri} has no FID at its step {step}")
+    if evaluate:
+        record = evaluate_checkpoint(state, num_images=evaluate, source=checkpoint_uri)
+        scores, protocol = record["scores"], record["protocol"]
+    else:
+        scores = next((e for e in state["evaluations"] if e["step"] == step), None)
+        protocol = training_protocol(state)
+        if scores is None or scores.get(metric) is None:
+            return Promotion(name, None, False, f"{checkpoint_uri} has no {metric.upper()} at its step {step}")
+    value, measured = float(scores[metric]), protocol_tag(protocol, metric)
     for version in _versions_of_run(client, name, run_id):
-        if version.tags.get("fpa.checkpoint") == checkpoint_uri and version.tags.get("fpa.step") == str(step):
+        if version.tags.get("fpa.checkpoint") == checkpoint_uri and version.tags.get("fpa.step") == str(step) \
+                and version.tags.get("fpa.protocol") == measured:
             current = _by_alias(client, name, CHAMPION)
             if force and (current is None or current.version != version.version):
                 previous = _move_champion(client, name, version.version, current)
                 return Promotion(name, int(version.version), True, "--force, an already registered version",
                                  previous)
             return Promotion(name, None, False, f"version {version.version} of {name} already holds this checkpoint "
-                                                f"(run {run_id}, step {step})")
+                                                f"(run {run_id}, step {step}), measured the same way")
 
-    settings = fid_settings(config)
-    tags = {"fpa.fid": repr(fid), "fpa.step": str(step), "fpa.fid_settings": settings,
-            "fpa.fid_calibrated": str(bool(state["fid_calibrated"])).lower(), "fpa.checkpoint": checkpoint_uri,
+    tags = {"fpa.metric": metric, "fpa.value": repr(value), "fpa.step": str(step), "fpa.protocol": measured,
+            **{f"fpa.{k}": repr(float(scores[k])) for k in SCORES if scores.get(k) is not None},
+            "fpa.fid_calibrated": str(bool(protocol["calibrated"])).lower(), "fpa.checkpoint": checkpoint_uri,
             "fpa.sweep": sweep or "", "fpa.stage": config.get("stage", "fpa"),
             "fpa.config": json.dumps(config, sort_keys=True, separators=(",", ":"))}
     source = _log_generator(client, run_id, state, step)
     _ensure_model(client, name)
     version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
     current = _by_alias(client, name, CHAMPION)
+    label = metric.upper()
 
     if current is None:
         move, reason = True, "the first champion"
     elif force:
         move, reason = True, f"--force, over version {current.version}"
-    elif current.tags.get("fpa.fid_settings") != settings:
-        move, reason = False, (f"its FID was not measured like champion version {current.version}'s "
-                               f"({_difference(current.tags.get('fpa.fid_settings'), settings)}); "
-                               "use --force to promote it anyway")
-    elif "fpa.fid" not in current.tags:
-        move, reason = False, f"champion version {current.version} has no fpa.fid tag to compare with; use --force"
-    elif fid < float(current.tags["fpa.fid"]):
-        move, reason = True, f"FID {fid:.3f} beats version {current.version}'s {float(current.tags['fpa.fid']):.3f}"
+    elif current.tags.get("fpa.protocol") != measured:
+        move, reason = False, (f"its {label} was not measured like champion version {current.version}'s "
+                               f"({_difference(current.tags.get('fpa.protocol'), measured)}); "
+                               "use --evaluate N on both, or --force to promote it anyway")
+    elif "fpa.value" not in current.tags:
+        move, reason = False, f"champion version {current.version} has no fpa.value tag to compare with; use --force"
+    elif value < float(current.tags["fpa.value"]):
+        move, reason = True, f"{label} {value:.4g} beats version {current.version}'s {float(current.tags['fpa.value']):.4g}"
     else:
-        move, reason = False, (f"its FID {fid:.3f} does not beat version {current.version}'s "
-                               f"{float(current.tags['fpa.fid']):.3f}")
+        move, reason = False, (f"its {label} {value:.4g} does not beat version {current.version}'s "
+                               f"{float(current.tags['fpa.value']):.4g}")
     previous = _move_champion(client, name, version.version, current) if move else None
     return Promotion(name, int(version.version), move, reason, previous, tags)
 
@@ -138,16 +160,6 @@ def download_model(uri: str, tracking_uri: str | None = None) -> str:
                          "promote one with python sweeps/promote.py --sweep NAME") from None
     folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
     return str(Path(folder, "generator.pt"))
-
-
-def champion_fid(tracking_uri: str | None, dataset: str) -> dict[str, Any] | None:
-    """The current champion of a dataset: version, FID and FID settings; None without one."""
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    current = _by_alias(client, model_name(dataset), CHAMPION)
-    if current is None:
-        return None
-    return {"version": int(current.version), "fid": float(current.tags["fpa.fid"]),
-            "fid_settings": current.tags.get("fpa.fid_settings")}
 
 
 def _log_generator(client: MlflowClient, run_id: str, state: dict[str, Any], step: int) -> str:
@@ -183,7 +195,7 @@ def _versions_of_run(client: MlflowClient, name: str, run_id: str) -> list:
 
 def _difference(old: str | None, new: str) -> str:
     if old is None:
-        return "the champion has no FID settings recorded"
+        return "the champion has no protocol recorded"
     before, after = json.loads(old), json.loads(new)
     return ", ".join(f"{k} {before.get(k)!r} vs {after.get(k)!r}" for k in sorted(after) if before.get(k) != after[k])
 

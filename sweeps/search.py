@@ -20,6 +20,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from fpa_core.config import to_dict
+from fpa_core.metrics import SCORES, best_evaluation
 from sweeps.space import SweepSpec, flatten
 from sweeps.tracking import SweepTracker
 
@@ -53,23 +54,38 @@ class TrialRecord:
     number: int  # the Optuna trial
     run_id: str  # the MLflow child run
     params: dict[str, Any]  # the sampled parameters (dotted paths)
-    fids: list[list[float]] = field(default_factory=list)  # [step, fid]
+    metric: str = "fid"  # what the sweep minimises: fid or kid
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid", "kid", ...}, by step
     state: str = "RUNNING"  # RUNNING, COMPLETE, PRUNED, ERROR
     steps: int = 0
     placement: dict[str, Any] = field(default_factory=dict)  # node and accelerators the trial ran on
     ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
 
     @property
+    def best(self) -> dict[str, float] | None:
+        """The evaluation with the lowest value of the sweep's metric."""
+        return best_evaluation(self.evaluations, self.metric)
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best[self.metric] if self.best else None
+
+    @property
     def best_fid(self) -> float | None:
-        return min((f for _, f in self.fids), default=None)
+        """The FID of the best evaluation (the lowest FID when the metric is FID)."""
+        return self.best.get("fid") if self.best else None
+
+    @property
+    def fids(self) -> list[list[float]]:
+        return [[e["step"], e["fid"]] for e in self.evaluations if e.get("fid") is not None]
 
     def note(self, result: dict[str, Any]) -> None:
-        """Take a reported result: the step reached, the FID at that step (once), where the trial ran."""
+        """Take a reported result: the step reached, the scores at that step (once), where the trial ran."""
         step = int(result.get("step", self.steps))
         self.steps = max(self.steps, step)
-        if "fid" in result and not any(s == step for s, _ in self.fids):
-            self.fids.append([step, float(result["fid"])])
-            self.fids.sort()
+        if self.metric in result and not any(e["step"] == step for e in self.evaluations):
+            self.evaluations.append({"step": step, **{k: float(result[k]) for k in SCORES if k in result}})
+            self.evaluations.sort(key=lambda e: e["step"])
         for key in ("node_id", "gpu_ids"):
             if key in result:
                 self.placement[key] = result[key]
@@ -83,17 +99,26 @@ _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", Trial
 
 
 class TrialBook:
-    """Trials by name, which Ray trial holds each one, and the best FID so far; saved with Ray's experiment."""
+    """Trials by name, which Ray trial holds each one, and the best value so far; saved with Ray's experiment."""
 
     records: dict[str, TrialRecord]
-    best: tuple[float, str] | None
+    best: tuple[float, str] | None  # (value of the metric, trial) of the best evaluation so far
+    reports: int  # evaluations seen: the step of the parent run's best-so-far curve, which only ever falls
 
     def get_state(self) -> dict[str, Any]:
-        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best}
+        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best, "reports": self.reports}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
         self.best = tuple(state["best"]) if state["best"] else None
+        self.reports = state["reports"]
+
+    def _seen(self, record: TrialRecord, value: float) -> None:
+        """One more reported evaluation: the parent's best-so-far curve gets a point when it is a new best."""
+        self.reports += 1
+        if self.best is None or value < self.best[0]:
+            self.best = (value, record.trial_id)
+            self.tracker.log_metric(self.parent_id, f"best_{record.metric}", value, self.reports)
 
     def _record(self, ray_trial_id: str) -> TrialRecord | None:
         return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
@@ -108,7 +133,7 @@ class TrialBook:
             return
         if result:
             record.note(result)
-        failed = error or record.best_fid is None  # failed, or stopped before any evaluation
+        failed = error or record.best is None  # failed, or stopped before any evaluation
         self._finish(record, "ERROR" if failed else "COMPLETE")
 
     def close_out(self) -> None:
@@ -121,8 +146,9 @@ class TrialBook:
     def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
         """End a trial in MLflow: COMPLETE, PRUNED or ERROR."""
         record.state = state
-        self.tracker.finish(record.run_id, state, {"fpa.best_fid": record.best_fid, "fpa.steps": record.steps,
-                                                   **(tags or {})})
+        best = record.best or {}
+        self.tracker.finish(record.run_id, state, {"fpa.best_fid": best.get("fid"), "fpa.best_kid": best.get("kid"),
+                                                   "fpa.steps": record.steps, **(tags or {})})
 
     def attach(self, ray_trial_id: str, name: str | None) -> None:
         """A Ray trial that Ray restored holds the trial named in its config, whatever the saved state said
@@ -144,7 +170,10 @@ class OptunaBridge(TrialBook):
         self.records: dict[str, TrialRecord] = {}
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
-        self.max_steps = spec.trial_config({}).steps  # the last evaluation is never pruned
+        self.reports = 0
+        config = spec.trial_config({})
+        self.metric = config.fid.metric  # what the study minimises
+        self.max_steps = config.steps  # the last evaluation is never pruned
 
     # -- the searcher's side ------------------------------------------------------------------------------
 
@@ -163,7 +192,7 @@ class OptunaBridge(TrialBook):
         name = trial_name(trial.number)
         trial.set_user_attr("fpa.trial", name)
         trial.set_user_attr("fpa.params", params)
-        record = TrialRecord(name, trial.number, self._child_run(name, params, trial.number), params)
+        record = TrialRecord(name, trial.number, self._child_run(name, params, trial.number), params, self.metric)
         trial.set_user_attr("mlflow_run_id", record.run_id)
         self.records[name], self._live[name] = record, trial
         log.info("%s (Optuna #%d): %s", name, trial.number, params)
@@ -192,34 +221,32 @@ class OptunaBridge(TrialBook):
         that dies in between leaves the trial running there, and it ends again, the same way or better."""
         super()._finish(record, state, tags)
         if state == "COMPLETE":
-            self._tell(record, value=record.best_fid, state=TrialState.COMPLETE)
+            self._tell(record, value=record.best_value, state=TrialState.COMPLETE)
         else:
             self._tell(record, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
 
     # -- the scheduler's side -----------------------------------------------------------------------------
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
-        """Record a reported FID; True when the trial stops (pruned now, or finished in the study already)."""
+        """Record a reported evaluation; True when the trial stops (pruned now, or finished in the study already)."""
         record = self._record(ray_trial_id)
         if record is None:
             return False
         if record.state != "RUNNING":  # e.g. pruned by a driver that died before Ray saved the decision
             return True
-        if "fid" not in result:
+        if self.metric not in result:
             return False
         record.note(result)
-        step, fid = int(result["step"]), float(result["fid"])
-        if not math.isfinite(fid):
+        step, value = int(result["step"]), float(result[self.metric])
+        if not math.isfinite(value):
             return False
         trial = self._trial(record)
-        trial.report(fid, step)  # a step reported before a restart is kept as it was
-        if self.best is None or fid < self.best[0]:
-            self.best = (fid, record.trial_id)
-            self.tracker.log_metric(self.parent_id, "best_fid", fid, step)
+        trial.report(value, step)  # a step reported before a restart is kept as it was
+        self._seen(record, value)
         if step >= self.max_steps or not trial.should_prune():
             return False
         self._finish(record, "PRUNED", {"fpa.pruned_at_step": step})
-        log.info("%s pruned at step %d (FID %.3f)", record.trial_id, step, fid)
+        log.info("%s pruned at step %d (%s %.4g)", record.trial_id, step, self.metric.upper(), value)
         return True
 
     def _trial(self, record: TrialRecord) -> optuna.trial.Trial:
@@ -257,25 +284,28 @@ class OptunaBridge(TrialBook):
                     continue
                 name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
                 run_id = attrs.get("mlflow_run_id") or self._child_run(name, params, frozen.number)
-                record = TrialRecord(name, frozen.number, run_id, params)
+                record = TrialRecord(name, frozen.number, run_id, params, self.metric)
                 self.records[name] = record
-            for step, fid in frozen.intermediate_values.items():
-                record.note({"step": step, "fid": fid})
+            for step, value in frozen.intermediate_values.items():
+                record.note({"step": step, self.metric: value})
             if frozen.state in _FINISHED:
                 record.state = _FINISHED[frozen.state]
-            if record.best_fid is not None and (self.best is None or record.best_fid < self.best[0]):
-                self.best = (record.best_fid, record.trial_id)
+            if record.best_value is not None and (self.best is None or record.best_value < self.best[0]):
+                self.best = (record.best_value, record.trial_id)
 
 
 class FixedTrials(TrialBook):
     """The bridge's interface for trials planned in advance, e.g. the continuations of a finished sweep's best
     trials (``sweeps/resume.py``): each Ray trial takes the next plan; nothing is sampled or pruned."""
 
-    def __init__(self, plans: list[tuple[TrialRecord, dict[str, Any]]], tracker: SweepTracker, parent_id: str):
+    def __init__(self, plans: list[tuple[TrialRecord, dict[str, Any]]], tracker: SweepTracker, parent_id: str,
+                 metric: str):
+        self.metric = metric
         self.records = {record.trial_id: record for record, _ in plans}
         self.configs = {record.trial_id: config for record, config in plans}
         self.tracker, self.parent_id = tracker, parent_id
         self.best: tuple[float, str] | None = None
+        self.reports = 0
 
     def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
         record = self._record(ray_trial_id) or next((r for r in self.records.values() if r.ray_trial_id is None),
@@ -287,11 +317,9 @@ class FixedTrials(TrialBook):
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
         record = self._record(ray_trial_id)
-        if record is not None and "fid" in result:
+        if record is not None and record.metric in result:
             record.note(result)
-            if self.best is None or float(result["fid"]) < self.best[0]:
-                self.best = (float(result["fid"]), record.trial_id)
-                self.tracker.log_metric(self.parent_id, "best_fid", self.best[0], int(result["step"]))
+            self._seen(record, float(result[record.metric]))
         return False
 
 
@@ -304,7 +332,7 @@ class BridgeSearcher(Searcher):
     """
 
     def __init__(self, bridge: OptunaBridge):
-        super().__init__(metric="fid", mode="min")
+        super().__init__(metric=bridge.metric, mode="min")
         self.bridge = bridge
 
     def bind(self, bridge: OptunaBridge) -> None:
@@ -329,7 +357,7 @@ class BridgeSearcher(Searcher):
 
 
 class BridgeScheduler(FIFOScheduler):
-    """FIFO scheduling; after each reported FID, the bridge (Optuna's pruner) decides whether the trial goes on."""
+    """FIFO scheduling; after each reported evaluation, the bridge (Optuna's pruner) decides whether the trial goes on."""
 
     def __init__(self, bridge: OptunaBridge):
         super().__init__()

@@ -160,8 +160,8 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[:MAX_PARAM_LENGTH - 3] + "..."
 
 
-def plot_fid_curves(curves: dict[str, list[tuple[int, float]]], title: str) -> bytes:
-    """A PNG of FID against step, one line per trial."""
+def plot_fid_curves(curves: dict[str, list[tuple[int, float]]], title: str, ylabel: str = "FID") -> bytes:
+    """A PNG of a metric (FID by default) against step, one line per trial."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +173,7 @@ def plot_fid_curves(curves: dict[str, list[tuple[int, float]]], title: str) -> b
             steps, fids = zip(*points)
             ax.plot(steps, fids, marker="o", markersize=3, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("FID")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     if curves:
         ax.legend(fontsize=7, ncol=2)

@@ -19,6 +19,7 @@ import torch
 from ray import tune
 
 from fpa_core import checkpoint, storage
+from fpa_core.metrics import SCORES, best_evaluation
 from fpa_core.train_config import build_config
 from fpa_core.trainer import Evaluation, Trainer
 from sweeps.tracking import TrialLogger
@@ -46,20 +47,22 @@ def run_trial(config: dict[str, Any]) -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     def on_evaluation(ev: Evaluation) -> None:
-        metrics = {"fid": ev.fid, "best_fid": ev.best_fid, "images_per_s": ev.images_per_s, **ev.losses}
-        report(ev.step, metrics, ev.fid_calibrated, ev.checkpoint, ev.best_checkpoint, ev.pictures)
+        metrics = {**_scores(ev.scores.to_dict()), **_scores(ev.best, "best_"), "images_per_s": ev.images_per_s,
+                   **ev.losses}
+        report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.pictures)
 
     trainer, reported_step = _trainer(config, out, on_evaluation)
     # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so
     # that Tune, Optuna and MLflow see every evaluation the trial made.
     best_uri = storage.join(out, "checkpoints", "best.pt")
-    for step, fid in trainer.fid_history:
-        if step > reported_step:
-            best = min(f for s, f in trainer.fid_history if s <= step)
-            log.info("trial %s reports step %d's FID, written but not reported before the restart",
-                     config["trial_id"], step)
-            report(int(step), {"fid": fid, "best_fid": best}, trainer.fid.calibrated, trainer.last_checkpoint,
-                   best_uri, {})
+    metric = trainer.cfg.fid.metric
+    for i, evaluation in enumerate(trainer.evaluations):
+        if evaluation["step"] > reported_step:
+            best = best_evaluation(trainer.evaluations[:i + 1], metric)
+            log.info("trial %s reports step %d's evaluation, written but not reported before the restart",
+                     config["trial_id"], evaluation["step"])
+            report(int(evaluation["step"]), {**_scores(evaluation), **_scores(best, "best_")},
+                   trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
     summary = trainer.train()
     logger.log_summary(summary)
 
@@ -93,6 +96,11 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, 
     step, uri = max(found)
     log.info("trial %s continues from %s (step %d)", config["trial_id"], uri, step)
     return Trainer.from_checkpoint(uri, out, overrides, on_evaluation=on_evaluation), reported_step
+
+
+def _scores(evaluation: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """An evaluation's scores as Tune and MLflow metrics: fid, kid, kid_std, precision, recall (with a prefix)."""
+    return {f"{prefix}{k}": float(evaluation[k]) for k in SCORES if evaluation.get(k) is not None}
 
 
 def trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:

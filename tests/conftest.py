@@ -65,12 +65,23 @@ def s3_bucket(s3_endpoint, monkeypatch):
     return name
 
 
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    """Dataset and FID caches in a per-session folder, never in the user's home."""
-    cache = tmp_path_factory.getbasetemp() / "fpa-cache"
-    monkeypatch.setenv("FPA_CACHE_DIR", str(cache))
-    monkeypatch.setenv("FPA_DATA_ROOT", os.fspath(tmp_path_factory.getbasetemp() / "fpa-data"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Dataset and FID caches in a per-session folder, never in the user's home (for module fixtures too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FPA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fpa-cache"))
+        patch.setenv("FPA_DATA_ROOT", os.fspath(tmp_path_factory.getbasetemp() / "fpa-data"))
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits_16(tmp_path_factory):
+    """scikit-learn's digits at 16 x 16, (1797, 16, 16, 3) uint8."""
+    import numpy as np
+
+    from fpa_core.data import load_images
+
+    return np.asarray(load_images("digits", 16, cache_dir=tmp_path_factory.mktemp("digits")).images)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +109,7 @@ TINY_FIXED = {
     "model.d_in": 2, "model.d_in_proj": 8, "discriminator.fmap_max": 16, "discriminator.attn_res_layers": [],
     "discriminator.small_head_attention": False, "optim.batch_size": 4, "fid.dims": 64, "fid.num_images": 16,
     "fid.batch_size": 16, "fid.every": 3, "checkpoint.every": 3, "steps": 6, "pictures.samples": 4,
-    "pictures.paintings": 1, "log_every": 3, "device": "cpu", "fid.backbone": "inception-random",
+    "pictures.paintings": 1, "log_every": 3, "device": "cpu",
     "ema.every": 1, "ema.start": 1000,  # FIDs of G itself: a few steps must show in them
 }
 

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from fpa_core import data
-from fpa_core.data import (DATASETS, DatasetNotFoundError, UnsafeArchiveError, load_images, main, prepare,
-                           safe_extract, to_tensor)
+from fpa_core.data import DATASETS, DatasetNotFoundError, UnsafeArchiveError, load_images, main, prepare, safe_extract
+from fpa_core.images import to_tensor
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -13,8 +13,8 @@ from conftest import run_launch, settings, sweep_file
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint
+from fpa_core.checkpoint import load_generator
 from fpa_core.model import FPAGenerator
-from fpa_core.paint import load_generator
 from fpa_core.unet import RefinedGenerator
 
 pytest.importorskip("ray")
@@ -62,7 +62,7 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     # An FID measured another way (here 192-d features) is never compared, however low.
     state = checkpoint.load(summary["best"]["checkpoint"])
     state["config"]["fid"]["dims"] = 192
-    state["fid_history"] = [[state["step"], 0.01]]
+    state["evaluations"] = [{"step": state["step"], "fid": 0.01, "kid": 0.0}]
     other = str(tmp_path / "other-fid.pt")
     checkpoint.save(other, {k: v for k, v in state.items() if k != "format_version"})
     result = promote(other, worse["run_id"], s.tracking_uri)
@@ -103,10 +103,42 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     assert client.get_model_version_by_alias(name, "champion").version == 2
 
 
+def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with_like(tmp_path, image_folder):
+    from fpa_core.train_config import load_config
+    from fpa_core.trainer import Trainer
+
+    tiny = {"model": {"d_latent": 8, "d_in": 2, "d_in_proj": 8, "d_hidden": 16, "num_layers": 1, "height": 16,
+                      "width": 16, "steps": 4},
+            "discriminator": {"fmap_max": 16, "attn_res_layers": [], "small_head_attention": False},
+            "data": {"dataset": str(image_folder), "resolution": 16}, "optim": {"batch_size": 4},
+            "fid": {"every": 2, "num_images": 8, "dims": 64}, "checkpoint": {"every": 2, "keep": 2},
+            "pictures": {"samples": 4, "paintings": 1}, "steps": 4, "device": "cpu"}
+    out = tmp_path / "run"
+    Trainer(load_config("digits", tiny), str(out)).train()
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("fpa-images")).info.run_id
+    best, latest = str(out / "checkpoints" / "best.pt"), str(out / "checkpoints" / "latest-00000002.pt")
+
+    first = promote(best, run_id, tracking_uri)  # its run's own 64-d scores of 8 images
+    assert first.champion and json.loads(first.tags["fpa.protocol"])["num_images"] == 8
+    evaluated = promote(best, run_id, tracking_uri, evaluate=12)  # the paper's protocol, at 12 images
+    protocol = json.loads(evaluated.tags["fpa.protocol"])
+    assert (protocol["dims"], protocol["num_images"], protocol["precision"], protocol["metric"]) == (2048, 12, "fp32",
+                                                                                                      "fid")
+    assert not evaluated.champion and "was not measured like" in evaluated.reason and "num_images 8 vs 12" in evaluated.reason
+    forced = promote(best, run_id, tracking_uri, evaluate=12, force=True)  # already registered: made champion
+    assert forced.champion and forced.version == evaluated.version
+    other = promote(latest, run_id, tracking_uri, evaluate=12)  # now compared, on the same protocol
+    assert ("beats" in other.reason) == other.champion and "not measured" not in other.reason
+    assert float(other.tags["fpa.value"]) == float(other.tags["fpa.fid"]) > 0
+
+
 def test_promote_and_resume_reject_bad_input(tmp_path):
     flags = ["--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     missing = run_promote("--sweep", "nope", *flags)
     assert missing.returncode == 2 and "nope" in missing.stderr
+    assert run_promote("--sweep", "nope", "--evaluate", "1", *flags).returncode == 2
     assert run_promote(*flags).returncode == 2  # --sweep or --run is required
     assert run_launch("--dataset", "digits", "--base", "champion").returncode == 2  # --base needs --stage unet
     bad_model = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--model", "models:/fpa-nope@champion",

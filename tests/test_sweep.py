@@ -28,7 +28,7 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
     on_disk = json.loads(Path(s.storage, s.name, "summary.json").read_text())
     assert on_disk == summary
     assert {"name", "dataset", "tracking_uri", "parent_run_id", "fid_calibrated", "best", "trials"} <= set(summary)
-    assert summary["fid_calibrated"] is False
+    assert summary["fid_calibrated"] is True and summary["metric"] == "fid"
     assert len(summary["trials"]) == 4 and {t["state"] for t in summary["trials"]} == {"COMPLETE"}
     assert all(t["steps"] == 6 and t["best_fid"] is not None for t in summary["trials"])
     best = summary["best"]

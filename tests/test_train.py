@@ -19,7 +19,7 @@ TINY = {
     "discriminator": {"fmap_max": 16, "attn_res_layers": [], "small_head_attention": False},
     "data": {"dataset": "digits", "resolution": 16},
     "optim": {"batch_size": 4},
-    "fid": {"every": 4, "num_images": 24, "dims": 64, "backbone": "inception-random", "batch_size": 24},
+    "fid": {"every": 4, "num_images": 24, "dims": 64, "batch_size": 24},
     "checkpoint": {"every": 2, "keep": 2},
     "pictures": {"samples": 4, "paintings": 2},
     "ema": {"every": 1},
@@ -56,18 +56,20 @@ def test_a_short_run_writes_every_output(tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 9))
     assert all(r["images_per_s"] > 0 for r in steps)
     fids = [r for r in records if "fid" in r]
-    assert [r["step"] for r in fids] == [4, 8] and all(r["fid_calibrated"] is False for r in fids)
+    assert [r["step"] for r in fids] == [4, 8] and all(r["fid_calibrated"] is True for r in fids)
+    assert all({"kid", "kid_std", "precision", "recall"} <= set(r) for r in fids)
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
-    assert summary["steps"] == 8 and summary["fid_calibrated"] is False
-    assert summary["final_fid"] == fids[-1]["fid"]
+    assert summary["steps"] == 8 and summary["fid_calibrated"] is True and summary["metric"] == "fid"
+    assert summary["final_fid"] == fids[-1]["fid"] and summary["final_kid"] == fids[-1]["kid"]
     assert summary["best_fid"] == min(r["fid"] for r in fids) and summary["wall_time_s"] > 0
+    assert summary["best"]["step"] == min(fids, key=lambda r: r["fid"])["step"]
 
     state = checkpoint.load(str(out / "checkpoints" / "latest-00000008.pt"))
     assert {"generator", "generator_ema", "discriminator", "opt_g", "opt_d", "rng", "config", "dataset",
-            "fid_history", "step"} <= set(state)
-    assert state["dataset"]["fingerprint"] and state["fid_calibrated"] is False
+            "evaluations", "fid_weights", "step"} <= set(state)
+    assert state["dataset"]["fingerprint"] and state["fid_calibrated"] is True
     # The EMA copy moved away from its start and differs from the raw generator.
     assert not torch.equal(state["generator_ema"]["update_net.slow.weight"], state["generator"]["update_net.slow.weight"])
 
@@ -87,7 +89,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, im
     b = checkpoint.load(str(tmp_path / "resumed" / "checkpoints" / "latest-00000008.pt"))
     for key in a["generator"]:
         assert torch.equal(a["generator"][key], b["generator"][key]), key
-    assert a["fid_history"] == b["fid_history"]
+    assert a["evaluations"] == b["evaluations"]
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch, image_folder):
@@ -172,8 +174,9 @@ def test_train_cli(tmp_path, image_folder):
     cmd = [sys.executable, "-m", "fpa_core.train", "--config", "digits", "--steps", "2", "--out", str(out), *sets]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "FID (uncalibrated: inception-random)" in result.stdout
-    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 2
+    assert "best (step 2): FID " in result.stdout and "KID" in result.stdout and "uncalibrated" not in result.stdout
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["steps"] == 2 and last["fid_calibrated"] is True and last["best_kid"] is not None
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -5,9 +5,10 @@ import torch
 from PIL import Image
 
 from fpa_core import checkpoint
+from fpa_core.checkpoint import load_generator
 from fpa_core.config import ConfigError
 from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.paint import draw, load_generator
+from fpa_core.paint import draw
 from fpa_core.train_config import load_config
 from fpa_core.trainer import Trainer
 from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
@@ -51,7 +52,7 @@ def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
     assert all(torch.equal(v, fpa_before[k]) for k, v in trainer.G.fpa.state_dict().items())
     assert any(not torch.equal(v, unet_before[k]) for k, v in trainer.G.unet.state_dict().items())
     base_state = checkpoint.load(base_uri)
-    base_fid = dict(base_state["fid_history"])[base_state["step"]]
+    base_fid = next(e["fid"] for e in base_state["evaluations"] if e["step"] == base_state["step"])
     assert summary["stage"] == "unet" and summary["base"]["fid"] == base_fid and summary["best_fid"] is not None
     strip = Image.open(tmp_path / "unet" / "painting" / "strip-00000008.png")
     assert strip.size == (9 * 18 + 2, 2 * 2 * 18 + 2)  # T = 8 canvases, then the U-Net's output
