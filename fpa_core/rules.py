@@ -33,8 +33,12 @@ with the roles of keys and values swapped: a_t = v_t, b_t = w_t with
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+
+from fpa_core.threads import one_cpu_thread
 
 RULES = ("delta", "additive", "oja")
 
@@ -84,8 +88,39 @@ def _triangular_solve(gram_of: Tensor, rhs: Tensor, lrs: Tensor) -> Tensor:
     """Solve (I + diag(s) tril(X X^T, -1)) Y = diag(s) R for Y (N, T, d)."""
     gram = gram_of @ gram_of.transpose(1, 2)  # (N, T, T)
     lower = torch.tril(gram, diagonal=-1) * lrs.unsqueeze(-1)  # row t scaled by s_t
-    # unitriangular=True: the unit diagonal is implied, the stored diagonal (zeros) is not read.
-    return torch.linalg.solve_triangular(lower, lrs.unsqueeze(-1) * rhs, upper=False, unitriangular=True)
+    return unit_lower_solve(lower, lrs.unsqueeze(-1) * rhs)
+
+
+def unit_lower_solve(lower: Tensor, rhs: Tensor) -> Tensor:
+    """Y = (I + L)^{-1} R for the strictly lower triangle L of ``lower`` (N, T, T) and R (N, T, d).
+
+    torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True) with the same gradients,
+    but the solves, forward and backward, run on one CPU thread: batches of T x T LAPACK calls this small
+    stall on the threads' synchronisation when other processes load the cores (fpa_core.threads)."""
+    return _UnitLowerSolve.apply(lower, rhs)
+
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """Y = M^{-1} R, M = I + tril(lower, -1). Backward: dR = M^{-T} dY, d lower = -tril(dR Y^T, -1)."""
+
+    @staticmethod
+    def forward(ctx, lower: Tensor, rhs: Tensor) -> Tensor:
+        with _solver_threads(lower):
+            y = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+        ctx.save_for_backward(lower, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        lower, y = ctx.saved_tensors
+        with _solver_threads(lower):  # differentiable ops: a second derivative works too
+            grad_rhs = torch.linalg.solve_triangular(lower.transpose(-2, -1), grad_y, upper=True, unitriangular=True)
+        grad_lower = -torch.tril(grad_rhs @ y.transpose(-2, -1), diagonal=-1)
+        return grad_lower, grad_rhs
+
+
+def _solver_threads(t: Tensor):
+    return one_cpu_thread() if t.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _loop(rule: str, keys: Tensor, values: Tensor, lrs: Tensor, return_steps: bool):

@@ -145,6 +145,8 @@ class Trainer:
         self.G = self._generator(config, fresh=state is None).to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.D = Discriminator(config.discriminator, image_size=config.data.resolution).to(self.device)
+        if self.device.type == "cpu":
+            self.D.to_channels_last()
         betas = (config.optim.beta1, config.optim.beta2)
         trainable = [p for p in self.G.parameters() if p.requires_grad]  # stage unet: the U-Net's alone
         self.opt_g = torch.optim.Adam(trainable, lr=config.optim.lr, betas=betas)
@@ -257,8 +259,10 @@ class Trainer:
             with self._autocast():
                 with torch.no_grad():
                     fakes = self.G(z)
-                fake_out = self.D(self._augment(fakes))
-                real_out = self.D(self._augment(reals), aux=True)
+                if apply_gp:  # apart: the penalty's double backward then spans the reals alone
+                    fake_out, real_out = self.D(self._augment(fakes)), self.D(self._augment(reals), aux=True)
+                else:
+                    fake_out, real_out = self.D.judge(self._augment(fakes), self._augment(reals))
                 recon = reconstruction_loss(real_out)
                 d_loss = discriminator_loss(real_out, fake_out) + cfg.loss.recon_weight * recon
             if apply_gp:

@@ -47,3 +47,11 @@ def test_latest_checkpoints_are_found_in_order_and_pruned(tmp_path):
     assert [s for s, _ in checkpoint.latest_checkpoints(str(tmp_path))] == [10, 20, 30]
     checkpoint.prune_latest(str(tmp_path), keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "latest-00000020.pt", "latest-00000030.pt"]
+
+
+def test_a_format_1_checkpoint_loads_with_its_fids_as_evaluations(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 6, "fid_history": [[3, 9.5], [6, 7.25]], "best": [7.25, 6]}, path)
+    state = checkpoint.load(str(path))
+    assert state["format_version"] == checkpoint.FORMAT_VERSION and "fid_history" not in state and "best" not in state
+    assert state["evaluations"] == [{"step": 3, "fid": 9.5}, {"step": 6, "fid": 7.25}]

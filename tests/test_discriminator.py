@@ -179,3 +179,74 @@ def test_adam_on_the_aux_loss_alone_reduces_it():
         opt.step()
         losses.append(loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
+
+
+def _reference_attention(attn, x):
+    """The reference's LinearAttention (lucidrains' lightweight-gan): F.unfold neighbourhoods, per-pixel products."""
+    B, _, H, W = x.shape
+    h, d = attn.heads, attn.dim_head
+
+    def split_heads(t):  # (B, h * d, H, W) -> (B * h, H * W, d)
+        return t.reshape(B * h, d, H * W).transpose(1, 2)
+
+    def merge_heads(t):  # (B * h, H * W, d) -> (B, h * d, H, W)
+        return t.transpose(1, 2).reshape(-1, h * d, H, W)
+
+    q = split_heads(attn.to_lin_q(x)).softmax(dim=-1) * attn.scale
+    k, v = (split_heads(t) for t in attn.to_lin_kv(x).chunk(2, dim=1))
+    lin_out = torch.nn.functional.gelu(merge_heads(q @ (k.softmax(dim=-2).transpose(1, 2) @ v)))
+    q = split_heads(attn.to_q(x)) * attn.scale
+    k, v = (t.reshape(B * h, d, H, W) for t in attn.to_kv(x).chunk(2, dim=1))
+    k, v = (torch.nn.functional.unfold(t, 3, padding=1).view(B * h, d, 9, H * W).permute(0, 3, 2, 1) for t in (k, v))
+    sim = (k @ q.unsqueeze(-1)).squeeze(-1)  # (B * h, N, 9)
+    weights = (sim - sim.amax(dim=-1, keepdim=True).detach()).softmax(dim=-1)
+    local_out = merge_heads((weights.unsqueeze(-2) @ v).squeeze(-2))
+    return attn.to_out(torch.cat([lin_out, local_out], dim=1))
+
+
+@pytest.mark.parametrize("dim, size", [(8, 5), (32, 16)])
+def test_linear_attention_equals_the_unfold_form_of_the_reference(dim, size):
+    from fpa_core.discriminator import LinearAttention
+
+    torch.manual_seed(dim)
+    attn = LinearAttention(dim).double()
+    x = torch.randn(2, dim, size, size + 1, dtype=torch.float64, requires_grad=True)
+    ours, theirs = attn(x), _reference_attention(attn, x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    grads = [torch.autograd.grad(out.square().sum(), [x, *attn.parameters()]) for out in (ours, theirs)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_window_attention_matches_its_plain_form_to_second_order():
+    from fpa_core.window_attention import window_attention, window_attention_reference
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    torch.testing.assert_close(window_attention(q, k, v), window_attention_reference(q, k, v), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(window_attention, (q, k, v))
+    assert torch.autograd.gradgradcheck(window_attention, (q, k, v))  # the gradient penalty differentiates it twice
+
+
+def test_judging_fakes_and_reals_in_one_batch_equals_two_calls():
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(fmap_max=16, attn_res_layers=[16]), image_size=32).double()
+    fakes, reals = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    fake_out, real_out = D.judge(fakes, reals)
+    apart_fake, apart_real = D(fakes), D(reals, aux=True)
+    for a, b in ((fake_out.logits, apart_fake.logits), (fake_out.logits_small, apart_fake.logits_small),
+                 (real_out.logits, apart_real.logits), (real_out.aux_loss, apart_real.aux_loss)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert fake_out.aux_loss is None
+
+
+def test_channels_last_is_the_same_function():
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(fmap_max=16, attn_res_layers=[16]), image_size=32).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = D(x, aux=True)
+    D.to_channels_last()
+    after = D(x, aux=True)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(after.aux_loss, before.aux_loss, rtol=1e-12, atol=1e-12)
+    assert D.blocks[0].conv[1].weight.is_contiguous(memory_format=torch.channels_last)

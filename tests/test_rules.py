@@ -143,3 +143,21 @@ def test_bad_arguments_name_the_problem():
         apply_rule("delta", keys, values[:, :3], lrs)
     with pytest.raises(ValueError, match=r"expects keys \(N, T, d_key\)"):
         apply_rule("delta", keys[0], values, lrs)
+
+
+def test_the_one_thread_solve_has_torchs_values_and_gradients_to_second_order():
+    from fpa_core.rules import unit_lower_solve
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    lower = (0.3 * torch.randn(3, 6, 6, dtype=torch.float64)).requires_grad_()
+    rhs = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    ours = unit_lower_solve(lower, rhs)
+    theirs = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (lower, rhs), grad), torch.autograd.grad(theirs, (lower, rhs), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(unit_lower_solve, (lower, rhs))
+    assert torch.autograd.gradgradcheck(unit_lower_solve, (lower, rhs))
+    assert torch.get_num_threads() == threads  # put back after every solve
