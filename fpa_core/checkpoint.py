@@ -88,6 +88,12 @@ def generator_from_state(state: dict[str, Any], ema: bool = True, source: str = 
     return model.eval()
 
 
+def value_range(state: dict[str, Any]) -> tuple[float, float]:
+    """The pixel range of a checkpoint's data (data.range): what its generator's outputs mean."""
+    low, high = state["config"].get("data", {}).get("range", (-1.0, 1.0))
+    return float(low), float(high)
+
+
 def resolve(uri: str, tracking_uri: str | None = None) -> str:
     """A checkpoint's location: ``uri`` itself, or for ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` the
     local file of the registered model, through the resolver that the sweep package registers under the entry

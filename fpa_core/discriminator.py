@@ -9,7 +9,7 @@ This follows lucidrains' lightweight-gan as modified by the authors' code (IDSIA
                                              input width is in attn_res_layers
       -> feats (B, C, 8, 8) -> LogitsHead -> logits (B, 1), or (B, 25) with disc_output_size 5
     x resized to 32x32 -> SmallImageHead -> logits_small (B, 1)
-    aux: SimpleDecoder(feats 8x8) vs x resized to 128x128                          (mean squared error)
+    aux: SimpleDecoder(feats 8x8) vs x resized to recon_size (128x128)            (mean squared error)
          SimpleDecoder(a random quadrant of the 16x16 feats) vs that quadrant of x   (S >= 512 only)
 
 Every resize is F.interpolate's default (nearest), as in the reference. The reconstruction targets
@@ -45,6 +45,7 @@ class DiscriminatorConfig:
     attn_res_layers: list[int] = field(default_factory=lambda: [32])  # input widths that get linear attention
     antialias: bool = False  # blur before every down-sampling; the reference's default leaves it off
     small_head_attention: bool = True  # the 32x32 head's two attention blocks; costly on a CPU
+    recon_size: int = 128  # the reals' reconstruction from the 8x8 features: the reference's 128x128 at any size
 
     def validate(self) -> list[str]:
         errors = []  # every width a whole number, and the decoders' inputs (halved three times) >= 8
@@ -57,6 +58,8 @@ class DiscriminatorConfig:
         for width in self.attn_res_layers:
             if not _is_power_of_two(width):
                 errors.append(f"attn_res_layers: every entry must be a power of two, got {width}")
+        if not (_is_power_of_two(self.recon_size) and self.recon_size >= 16):
+            errors.append(f"recon_size: must be a power of two >= 16, got {self.recon_size}")
         return errors
 
 
@@ -224,7 +227,8 @@ class SmallImageHead(nn.Module):
 
 
 class SimpleDecoder(nn.Module):
-    """(B, C, 8, 8) -> (B, channels, 128, 128): four x2 nearest upsamplings, each a 3x3 conv and a GLU."""
+    """(B, C, 8, 8) -> (B, channels, 8 * 2^n, ...): n x2 nearest upsamplings (4: 128x128, the reference's),
+    each a 3x3 conv and a GLU."""
 
     def __init__(self, chan_in: int, channels: int, num_upsamples: int = 4):
         super().__init__()
@@ -271,8 +275,9 @@ class Discriminator(nn.Module):
         )
         self.to_logits = LogitsHead(widths[-1], cfg.disc_output_size, cfg.antialias)
         self.to_logits_small = SmallImageHead(channels, cfg.antialias, cfg.small_head_attention)
-        self.decoder_8x8 = SimpleDecoder(widths[-1], channels)
-        self.decoder_16x16 = SimpleDecoder(widths[-2], channels) if log_size >= 9 else None
+        upsamples = cfg.recon_size.bit_length() - 4  # 8 x 2^upsamples = recon_size
+        self.decoder_8x8 = SimpleDecoder(widths[-1], channels, upsamples)
+        self.decoder_16x16 = SimpleDecoder(widths[-2], channels, upsamples) if log_size >= 9 else None
         self.apply(_init_weights)
         self.memory_format = torch.contiguous_format
 
@@ -321,7 +326,7 @@ class Discriminator(nn.Module):
         return x, logits, logits_small, feats
 
     def reconstruction_loss(self, x: Tensor, feats: list[Tensor], generator: torch.Generator | None) -> Tensor:
-        recon = self.decoder_8x8(feats[-1])  # (B, c, 128, 128)
+        recon = self.decoder_8x8(feats[-1])  # (B, c, recon_size, recon_size)
         loss = F.mse_loss(recon, F.interpolate(x, size=recon.shape[-2:]))
         if self.decoder_16x16 is not None:
             device = generator.device if generator is not None else "cpu"

@@ -67,8 +67,8 @@ def evaluate_checkpoint(state: dict[str, Any], *, num_images: int = PAPER_NUM_IM
                           device=device)
     seed = config["seed"] if seed is None else seed
     start = time.perf_counter()
-    scores = evaluator.scores(latent_sampler(generator, seed, state["step"], device), num_images, data.images,
-                              data.fingerprint, on_batch)
+    sample = latent_sampler(generator, seed, state["step"], device, checkpoint.value_range(state))
+    scores = evaluator.scores(sample, num_images, data.images, data.fingerprint, on_batch)
     wall = time.perf_counter() - start
     return {"checkpoint": source, "step": state["step"], "scores": scores.to_dict(),
             "protocol": {**evaluator.protocol(num_images), "precision": "fp32", "latent_seed": seed,

@@ -79,18 +79,21 @@ def best_evaluation(evaluations: list[dict[str, Any]], metric: str) -> dict[str,
     return min(scored, key=lambda e: (e[metric], e["step"])) if scored else None
 
 
-def latent_sampler(generator: torch.nn.Module, seed: int, step: int, device: str | torch.device = "cpu"
-                   ) -> Callable[[int], Tensor]:
+def latent_sampler(generator: torch.nn.Module, seed: int, step: int, device: str | torch.device = "cpu",
+                   value_range: tuple[float, float] = (-1.0, 1.0)) -> Callable[[int], Tensor]:
     """``sample(n)``: the images an evaluation at ``step`` scores, n at a time, from latents drawn by a private
-    generator seeded by (seed, step) (the training run's stream is untouched), in float32 without autocast."""
+    generator seeded by (seed, step) (the training run's stream is untouched), in float32 without autocast,
+    mapped from the data's ``value_range`` to [-1, 1]."""
     device = torch.device(device)
     rng = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
     d_latent = generator.config.d_latent
+    low, high = value_range
 
     def sample(n: int) -> Tensor:
         z = torch.randn(n, d_latent, generator=rng, device=device)
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return generator(z).float()
+            images = generator(z).float()
+        return images if (low, high) == (-1.0, 1.0) else (images - low) / (high - low) * 2 - 1
 
     return sample
 

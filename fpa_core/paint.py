@@ -11,29 +11,23 @@ and painting.gif to --out, local or s3://.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
 
-from fpa_core import pictures, storage
-from fpa_core.checkpoint import load_generator
+from fpa_core import checkpoint, pictures, storage
+from fpa_core.checkpoint import load_generator  # noqa: F401  (its old home: fpa_core.paint.load_generator)
 from fpa_core.config import ConfigError
 
 
 def draw(generator: torch.nn.Module, out: str, *, samples: int = 64, paintings: int = 4, seed: int = 0,
-         steps: int | None = None) -> dict[str, str]:
+         steps: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, str]:
     """Write grid.png, painting.png and painting.gif for fixed latents; returns their locations."""
     device = next(generator.parameters()).device
     latents = torch.randn(max(samples, paintings), generator.config.d_latent,
                           generator=torch.Generator().manual_seed(seed)).to(device)
-    with torch.no_grad():
-        images = generator(latents[:samples], steps=steps)
-        painting = generator.paint(latents[:paintings], steps=steps)
     written = {}
-    for name, data in (("grid.png", pictures.png_bytes(pictures.grid(images, max(1, int(math.sqrt(samples)))))),
-                       ("painting.png", pictures.png_bytes(pictures.painting_strip(painting))),
-                       ("painting.gif", pictures.painting_gif(painting))):
+    for name, data in pictures.render(generator, latents, samples, paintings, value_range, steps=steps).items():
         written[name] = storage.join(out, name)
         storage.write_bytes(written[name], data)
     return written
@@ -57,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1 or args.paintings < 1:
         parser.error("--samples and --paintings must be at least 1")
     try:
-        generator = load_generator(args.checkpoint or args.model, ema=not args.raw, tracking_uri=args.tracking_uri)
+        uri = args.checkpoint or args.model
+        state = checkpoint.load(checkpoint.resolve(uri, args.tracking_uri))
+        generator = checkpoint.generator_from_state(state, ema=not args.raw, source=uri)
         written = draw(generator, args.out, samples=args.samples, paintings=args.paintings, seed=args.seed,
-                       steps=args.steps)
+                       steps=args.steps, value_range=checkpoint.value_range(state))
     except (FileNotFoundError, ValueError, ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     for uri in written.values():

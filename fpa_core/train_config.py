@@ -18,10 +18,21 @@ from fpa_core.model import ModelConfig
 from fpa_core.unet import UNetConfig
 
 
+RANGES = ([-1.0, 1.0], [0.0, 1.0])
+
+
 @dataclass
 class DataConfig:
     dataset: str = "digits"  # a name (digits, celeba, metfaces, ...), a folder or a zip
     resolution: int = 64  # images are resized on the shorter side and centre-cropped to this
+    # The pixel range D sees reals in, against G's tanh output: [-1, 1] makes the empty canvas W_0 = 0
+    # mid-grey; [0, 1] (the authors' code) makes it black, and G's negative values darker than black.
+    range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+
+    def validate(self) -> list[str]:
+        if [float(v) for v in self.range] not in RANGES:
+            return [f"range: must be [-1, 1] or [0, 1], got {self.range}"]
+        return []
 
 
 @dataclass
@@ -31,14 +42,15 @@ class OptimConfig:
     beta2: float = 0.9
     batch_size: int = 20
     grad_accum: int = 1  # batches per optimiser step
+    d_lr_mult: float = 1.0  # D's learning rate is lr x this (the reference's ttur_mult, 1 in its runs)
 
     def validate(self) -> list[str]:
         errors = [f"{n}: must be in [0, 1), got {getattr(self, n)}" for n in ("beta1", "beta2")
                   if not 0 <= getattr(self, n) < 1]
         errors += [f"{n}: must be a positive integer, got {getattr(self, n)}" for n in ("batch_size", "grad_accum")
                    if getattr(self, n) < 1]
-        if not self.lr > 0:
-            errors.append(f"lr: must be positive, got {self.lr}")
+        errors += [f"{n}: must be a positive, finite number, got {getattr(self, n)}" for n in ("lr", "d_lr_mult")
+                   if not 0 < getattr(self, n) < float("inf")]
         return errors
 
 
@@ -64,13 +76,27 @@ class LossConfig:
 
 @dataclass
 class EMAConfig:
-    beta: float = 0.99  # ema <- beta * ema + (1 - beta) * G
+    """The EMA copy of G that evaluations and pictures use. At a step s (counted from 1):
+
+        if copy_every and s <= copy_until and s % copy_every == 0:   ema <- G
+        elif s >= start and s % every == 0:                           ema <- beta * ema + (1 - beta) * G
+
+    The authors' code: beta 0.995 every 10 steps from step 20 K, and G copied in every 1000 steps up to
+    25 K (at its 0-based steps 2, 1002, ...), so that early evaluations see a recent G.
+    """
+
+    beta: float = 0.99
     every: int = 10  # steps between updates
-    start: int = 0  # before this step the EMA copy follows G exactly
+    start: int = 0  # the first step that may update it
+    copy_every: int = 0  # steps between copies of G into it; 0: never
+    copy_until: int = 0  # the last step that may copy
 
     def validate(self) -> list[str]:
         errors = [] if 0 <= self.beta < 1 else [f"beta: must be in [0, 1), got {self.beta}"]
-        return errors + ([] if self.every >= 1 else [f"every: must be a positive integer, got {self.every}"])
+        errors += [f"{n}: must be a positive integer, got {getattr(self, n)}" for n in ("every",)
+                   if getattr(self, n) < 1]
+        return errors + [f"{n}: must be >= 0, got {getattr(self, n)}" for n in ("start", "copy_every", "copy_until")
+                         if getattr(self, n) < 0]
 
 
 @dataclass
@@ -140,8 +166,8 @@ class TrainConfig:
         if (self.model.height, self.model.width) != (res, res):
             errors.append(f"data.resolution: {res} does not match the painted image "
                           f"{self.model.height} x {self.model.width} (model.height x model.width)")
-        if self.model.channels != 3:
-            errors.append(f"model.channels: training uses RGB images, so it must be 3, got {self.model.channels}")
+        if self.model.channels not in (1, 3):
+            errors.append(f"model.channels: 1 (grey) or 3 (RGB), got {self.model.channels}")
         if self.steps < 0:
             errors.append(f"steps: must be >= 0, got {self.steps}")
         if self.log_every < 1:

@@ -69,6 +69,7 @@ class Evaluation:
     checkpoint: str  # the latest checkpoint, written at this step
     best_checkpoint: str
     pictures: dict[str, str] = field(default_factory=dict)  # grid, strip, gif -> uri
+    picture_bytes: dict[str, bytes] = field(default_factory=dict)  # grid, strip, gif -> the encoded file
 
 
 class RunFolder:
@@ -114,6 +115,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: str, *, resume_from: str | None = None,
                  on_evaluation: Callable[[Evaluation], None] | None = None, fid_cache_uri: str | None = None):
         self.cfg, self.run, self.on_evaluation = config, RunFolder(out), on_evaluation
+        self.value_range = (float(config.data.range[0]), float(config.data.range[1]))
         self.device = _device(config.device)
         if resume_from is None:
             existing = checkpoint.latest_checkpoints(self.run.uri("checkpoints"))
@@ -144,18 +146,20 @@ class Trainer:
         _seed_everything(config.seed)
         self.G = self._generator(config, fresh=state is None).to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
-        self.D = Discriminator(config.discriminator, image_size=config.data.resolution).to(self.device)
+        self.D = Discriminator(config.discriminator, image_size=config.data.resolution,
+                               channels=config.model.channels).to(self.device)
         if self.device.type == "cpu":
             self.D.to_channels_last()
         betas = (config.optim.beta1, config.optim.beta2)
         trainable = [p for p in self.G.parameters() if p.requires_grad]  # stage unet: the U-Net's alone
         self.opt_g = torch.optim.Adam(trainable, lr=config.optim.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.optim.lr * config.optim.d_lr_mult, betas=betas)
 
         self.step, self.wall_time_s = 0, 0.0
         self.evaluations: list[dict[str, Any]] = []  # {"step", "fid", "kid", "kid_std", "precision", "recall", ...}
         self.last_checkpoint: str | None = None
-        self._pictures: dict[str, str] = {}  # the pictures of the latest evaluation
+        self._pictures: dict[str, str] = {}  # the pictures of the latest evaluation: grid, strip, gif -> uri
+        self._picture_bytes: dict[str, bytes] = {}  # the same, encoded
         if state:
             self._restore(state, resume_from)
         else:
@@ -289,19 +293,26 @@ class Trainer:
 
     def _real_batch(self, batch_size: int) -> torch.Tensor:
         index = torch.randint(len(self.data.images), (batch_size,))
-        return to_tensor(self.data.images[index.numpy()]).to(self.device, non_blocking=True)
+        batch = to_tensor(self.data.images[index.numpy()], self.cfg.model.channels)  # in [-1, 1]
+        if self.value_range != (-1.0, 1.0):
+            batch = batch.add_(1).div_(2)  # [0, 1]
+        return batch.to(self.device, non_blocking=True)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         return maybe_augment(images, self.cfg.loss.augment_prob, self.cfg.loss.augment)
 
     def _update_ema(self) -> None:
-        ema = self.cfg.ema
-        if self.step % ema.every:
+        """The schedule of EMAConfig (copy, or average, or neither) for the step just taken."""
+        ema, step = self.cfg.ema, self.step
+        if ema.copy_every and step <= ema.copy_until and step % ema.copy_every == 0:
+            weight = 1.0
+        elif step >= ema.start and step % ema.every == 0:
+            weight = 1.0 - ema.beta
+        else:
             return
-        beta = ema.beta if self.step >= ema.start else 0.0
         with torch.no_grad():
             for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                p_ema.lerp_(p, 1.0 - beta)
+                p_ema.lerp_(p, weight)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -319,10 +330,10 @@ class Trainer:
         """Score the EMA generator, in float32 whatever the training precision, and draw its pictures."""
         cfg, metric = self.cfg, self.cfg.fid.metric
         previous = self.best
-        sample = latent_sampler(self.G_ema, cfg.seed, self.step, self.device)
+        sample = latent_sampler(self.G_ema, cfg.seed, self.step, self.device, self.value_range)
         scores = self.evaluator.scores(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
         self.evaluations.append({"step": self.step, **scores.to_dict()})
-        self._pictures = self._draw_pictures()
+        self._picture_bytes = self._draw_pictures()
         self.run.log({"step": self.step, **scores.to_dict(), "fid_calibrated": self.evaluator.calibrated,
                       "time": round(time.time(), 3)})
         if previous is None or getattr(scores, metric) < previous[metric]:
@@ -332,26 +343,25 @@ class Trainer:
                  metric.upper(), best[metric], best["step"])
         return scores
 
-    def _draw_pictures(self) -> dict[str, str]:
+    def _draw_pictures(self) -> dict[str, bytes]:
+        """The sample grid, painting strip and GIF of the EMA generator for fixed latents, written to the run
+        folder; returned encoded, for a caller that uploads them."""
         cfg = self.cfg
         latents = torch.randn(max(cfg.pictures.samples, cfg.pictures.paintings), cfg.model.d_latent,
                               generator=torch.Generator().manual_seed(cfg.seed + 1)).to(self.device)
-        with torch.no_grad():
-            images = self.G_ema(latents[:cfg.pictures.samples])
-            painting = self.G_ema.paint(latents[:cfg.pictures.paintings])
+        drawn = pictures.render(self.G_ema, latents, cfg.pictures.samples, cfg.pictures.paintings,
+                                self.value_range, title=f"step {self.step}")
         tag = f"{self.step:08d}"
-        nrow = max(1, int(math.sqrt(cfg.pictures.samples)))
-        return {
-            "grid": self.run.write(f"samples/grid-{tag}.png", pictures.png_bytes(pictures.grid(images, nrow))),
-            "strip": self.run.write(f"painting/strip-{tag}.png",
-                                    pictures.png_bytes(pictures.painting_strip(painting))),
-            "gif": self.run.write(f"painting/painting-{tag}.gif", pictures.painting_gif(painting)),
-        }
+        self._pictures = {"grid": self.run.write(f"samples/grid-{tag}.png", drawn["grid.png"]),
+                          "strip": self.run.write(f"painting/strip-{tag}.png", drawn["painting.png"]),
+                          "gif": self.run.write(f"painting/painting-{tag}.gif", drawn["painting.gif"])}
+        return {"grid": drawn["grid.png"], "strip": drawn["painting.png"], "gif": drawn["painting.gif"]}
 
     def _evaluation(self, scores: Scores, losses: dict[str, float], images_per_s: float) -> Evaluation:
         return Evaluation(step=self.step, scores=scores, best=dict(self.best), calibrated=self.evaluator.calibrated,
                           losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
-                          best_checkpoint=self.run.uri("checkpoints", "best.pt"), pictures=self._pictures)
+                          best_checkpoint=self.run.uri("checkpoints", "best.pt"), pictures=self._pictures,
+                          picture_bytes=self._picture_bytes)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -387,9 +397,9 @@ class Trainer:
         self.D.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        for opt in (self.opt_g, self.opt_d):  # the step budget may change on resume; the rest is as saved
-            for group in opt.param_groups:
-                group["lr"] = self.cfg.optim.lr
+        for opt, lr in ((self.opt_g, self.cfg.optim.lr), (self.opt_d, self.cfg.optim.lr * self.cfg.optim.d_lr_mult)):
+            for group in opt.param_groups:  # the learning rates may change on resume; the rest is as saved
+                group["lr"] = lr
         self.step, self.wall_time_s = state["step"], state["wall_time_s"]
         self.evaluations = [dict(e) for e in state["evaluations"]]
         self.last_checkpoint = uri

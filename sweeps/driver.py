@@ -61,6 +61,7 @@ class SweepSettings:
 
 
 SWEEP_FILE = "sweep.json"  # in the sweep's folder: what --resume needs to run it again
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
 
 
 class SweepNotFound(ValueError):
@@ -186,7 +187,8 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
 
     bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, _trial_context(settings, tracking_uri))
     trainable = tune.with_resources(run_trial, resources)
-    tuner = _restored_tuner(settings, trainable, bridge) if resume else _new_tuner(settings, trainable, bridge)
+    tuner = _restored_tuner(settings, trainable, bridge, resources) if resume else \
+        _new_tuner(settings, trainable, bridge, resources)
     _fit(tuner, bridge, settings, tracker, parent_id)
     bridge.close_out()
     return _finish(spec, settings, bridge, tracker, parent_id, config.fid.backbone == "inception", base)
@@ -248,7 +250,7 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
         log.info("%s continues from %s (best %s %.4g) to step %d", record.trial_id, origin, metric.upper(),
                  trial["best_value"], steps)
     bridge = FixedTrials(plans, tracker, parent_id, metric)
-    _fit(_new_tuner(settings, tune.with_resources(run_trial, resources), bridge), bridge, settings, tracker,
+    _fit(_new_tuner(settings, tune.with_resources(run_trial, resources), bridge, resources), bridge, settings, tracker,
          parent_id, resumable=False)
     bridge.close_out()
     return _finish(spec, settings, bridge, tracker, parent_id, finished["fid_calibrated"], finished.get("base"))
@@ -293,15 +295,27 @@ def _trial_context(settings: SweepSettings, tracking_uri: str) -> dict[str, Any]
             "threads": max(1, int(settings.cpus_per_trial))}
 
 
-def _new_tuner(settings: SweepSettings, trainable, bridge) -> tune.Tuner:
+def _new_tuner(settings: SweepSettings, trainable, bridge, resources: dict[str, float]) -> tune.Tuner:
+    _keep_slots_busy(settings, resources)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=BridgeSearcher(bridge), scheduler=BridgeScheduler(bridge),
                                     num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+
+
+def _keep_slots_busy(settings: SweepSettings, resources: dict[str, float]) -> None:
+    """Let Ray Tune hold one suggested trial per slot, so that a slot that frees starts the next trial at once
+    (with a custom searcher Tune holds one, so trials started one after another), and reuse the finished
+    trial's worker process for it (no new interpreter, torch import and Inception weights each time)."""
+    cluster = ray.cluster_resources()
+    slots = [cluster.get(key.upper(), 0) / amount for key, amount in resources.items() if amount]
+    slots = max(1, int(min(slots))) if slots else 1
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(min(settings.max_concurrent or slots, slots))
 
 
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge, tracker: SweepTracker, parent_id: str,
@@ -314,7 +328,9 @@ def _finish(spec: SweepSpec, settings: SweepSettings, bridge, tracker: SweepTrac
     return summary
 
 
-def _restored_tuner(settings: SweepSettings, trainable, bridge: OptunaBridge) -> tune.Tuner:
+def _restored_tuner(settings: SweepSettings, trainable, bridge: OptunaBridge, resources: dict[str, float]
+                    ) -> tune.Tuner:
+    _keep_slots_busy(settings, resources)
     ray_storage = _ray_storage(settings.storage)
     path = storage.join(ray_storage["storage_path"], settings.name)
     if not tune.Tuner.can_restore(path, storage_filesystem=ray_storage.get("storage_filesystem")):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import yaml
+from PIL import Image
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 TAG_SWEEP, TAG_TRIAL, TAG_STATE = "fpa.sweep", "fpa.trial_id", "fpa.state"
 TAG_PARENT = "mlflow.parentRunId"
+# The experiment's kind: `mlflow ui` then opens it on its training runs, not on the GenAI traces page.
+TAG_KIND, KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -82,9 +85,12 @@ class SweepTracker:
                 location = storage.join(artifact_root, name)
             elif is_local_store(tracking_uri):  # beside the store, absolute: trial processes may have another cwd
                 location = (_store_folder(tracking_uri) / "mlartifacts" / _slug(name)).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location,
+                                                               tags={TAG_KIND: KIND})
         else:
             self.experiment_id = experiment.experiment_id
+            if experiment.tags.get(TAG_KIND) != KIND:
+                self.client.set_experiment_tag(self.experiment_id, TAG_KIND, KIND)
 
     def find_parent(self, sweep: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_SWEEP}` = '{sweep}' "
@@ -133,23 +139,30 @@ class SweepTracker:
 
 
 class TrialLogger:
-    """The trial process's side: metrics and pictures of each FID evaluation into its child run."""
+    """The trial process's side: metrics and pictures of each evaluation into its child run."""
+
+    IMAGE_KEYS = {"grid": "samples", "strip": "painting"}  # MLflow's image keys: the UI shows them by step
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.client, self.run_id = MlflowClient(tracking_uri), run_id
 
-    def log_evaluation(self, step: int, metrics: dict[str, float], pictures: dict[str, str],
+    def log_evaluation(self, step: int, metrics: dict[str, float], pictures: dict[str, bytes],
                        tags: dict[str, str]) -> None:
+        """Metrics and tags at ``step``; the sample grid and painting strip (PNG bytes, uploaded from memory)
+        as images keyed by step, the painting GIF as an artifact under painting/."""
         timestamp = mlflow.utils.time.get_current_time_millis()
         self.client.log_batch(self.run_id,
                               metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()],
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        with tempfile.TemporaryDirectory() as folder:
-            for uri in pictures.values():
-                local = os.path.join(folder, uri.rsplit("/", 1)[-1])
-                Path(local).write_bytes(storage.read_bytes(uri))
-                kind = "samples" if "/samples/" in uri.replace(os.sep, "/") else "painting"
-                self.client.log_artifact(self.run_id, local, kind)
+        for name, key in self.IMAGE_KEYS.items():
+            if name in pictures:
+                self.client.log_image(self.run_id, Image.open(io.BytesIO(pictures[name])), key=key, step=step,
+                                      timestamp=timestamp)
+        if "gif" in pictures:
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder, f"painting-{step:08d}.gif")
+                local.write_bytes(pictures["gif"])
+                self.client.log_artifact(self.run_id, str(local), "painting")
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         self.client.log_text(self.run_id, json.dumps(summary, indent=2), "summary.json")

@@ -37,7 +37,7 @@ def run_trial(config: dict[str, Any]) -> None:
                  "gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}
 
     def report(step: int, metrics: dict[str, float], fid_calibrated: bool, latest: str, best: str,
-               pictures: dict[str, str]) -> None:
+               pictures: dict[str, bytes]) -> None:
         logger.log_evaluation(step, metrics, pictures, {
             "fpa.latest_checkpoint": latest, "fpa.best_checkpoint": best, "fpa.fid_calibrated": fid_calibrated,
             "fpa.node_id": placement["node_id"], "fpa.gpu_ids": ",".join(placement["gpu_ids"]) or "none"})
@@ -49,7 +49,7 @@ def run_trial(config: dict[str, Any]) -> None:
     def on_evaluation(ev: Evaluation) -> None:
         metrics = {**_scores(ev.scores.to_dict()), **_scores(ev.best, "best_"), "images_per_s": ev.images_per_s,
                    **ev.losses}
-        report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.pictures)
+        report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.picture_bytes)
 
     trainer, reported_step = _trainer(config, out, on_evaluation)
     # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so

@@ -707,7 +707,7 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
         assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
         for trial in summary["trials"]:
             assert f"sweeps/{name}/trials/{trial['trial_id']}/checkpoints/best.pt" in keys
-        assert any(k.startswith("mlartifacts/") and "/samples/" in k and k.endswith(".png") for k in keys)
+        assert any(k.startswith("mlartifacts/") and "/images/samples+step+" in k and k.endswith(".png") for k in keys)
         assert any(k.startswith("mlartifacts/") and k.endswith("fid_vs_step.png") for k in keys)
 
         # The README's promote command on the head, with its defaults: the sweep's summary from the bucket,

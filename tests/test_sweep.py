@@ -42,7 +42,15 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
     assert run.data.params["model.d_hidden"] == str(best["config"]["model"]["d_hidden"])
     assert [m.step for m in client.get_metric_history(best["run_id"], "fid")] == [3, 6]
     artifacts = {a.path for a in client.list_artifacts(best["run_id"])}
-    assert {"samples", "painting", "summary.json"} <= artifacts
+    assert {"images", "painting", "summary.json"} <= artifacts  # images: the grids and strips, keyed by step
+    images = [a.path for a in client.list_artifacts(best["run_id"], "images")]
+    assert {p.split("/")[1].split("+step+")[0] for p in images} == {"samples", "painting"}  # MLflow's key+step+... names
+    assert {int(p.split("+step+")[1].split("+")[0]) for p in images} == {3, 6}
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    best_so_far = client.get_metric_history(parent.info.run_id, "best_fid")
+    assert [m.value for m in best_so_far] == sorted((m.value for m in best_so_far), reverse=True)
+    assert [m.step for m in best_so_far] == sorted(m.step for m in best_so_far)
     assert run.data.tags["fpa.best_checkpoint"].endswith("best.pt")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_config.yaml", "fid_vs_step.png",
                                                                           "space.yaml", "summary.json"}
@@ -120,7 +128,7 @@ def test_a_sweep_on_s3_and_an_mlflow_server(tmp_path, image_folder, s3_bucket, m
     import boto3
 
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="mlartifacts/")["Contents"]]
-    assert any(k.endswith(".png") and "/samples/" in k for k in keys)  # pictures went through the server
+    assert any(k.endswith(".png") and "/images/samples+step+" in k for k in keys)  # pictures went through the server
     assert any(k.endswith("fid_vs_step.png") for k in keys)
 
 

@@ -4,11 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fpa_core import checkpoint, storage
+from fpa_core import checkpoint, pictures, storage
 from fpa_core.config import ConfigError
 from fpa_core.train_config import load_config, packaged_configs
 from fpa_core.trainer import NonFiniteLossError, RunExistsError, Trainer
@@ -49,7 +50,9 @@ def test_a_short_run_writes_every_output(tmp_path):
     assert {p.name for p in (out / "painting").iterdir()} == {"strip-00000004.png", "painting-00000004.gif",
                                                               "strip-00000008.png", "painting-00000008.gif"}
     strip = Image.open(out / "painting" / "strip-00000008.png")
-    assert strip.size == (8 * 18 + 2, 2 * 2 * 18 + 2)  # T = 8 columns; updates and canvases for 2 latents
+    cell = 16 * pictures.scale_for(16, 16) + pictures.GAP  # 16 x 16 pictures, enlarged 4 times
+    # T = 8 columns; updates and canvases for 2 latents; a title and a row of step numbers on top
+    assert strip.size == (8 * cell + pictures.GAP, 2 * pictures.LABEL + 2 * 2 * cell + pictures.GAP)
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "d_loss" in r]
@@ -187,3 +190,46 @@ def test_train_cli(tmp_path, image_folder):
     assert bad.returncode == 2
     assert "model.rule: 'hebb' is not allowed" in bad.stderr and "optim.batch_size: must be a positive" in bad.stderr
     assert not (tmp_path / "x").exists()  # stopped before any work
+
+
+def test_the_ema_schedule_at_its_boundaries(tmp_path, image_folder):
+    """Copies of G at multiples of copy_every up to copy_until; averages at multiples of every from start."""
+    trainer = Trainer(tiny_config(image_folder, ema={"beta": 0.75, "every": 10, "start": 40, "copy_every": 20,
+                                                      "copy_until": 40}), str(tmp_path / "run"))
+    weight = next(trainer.G.parameters())
+
+    def ema_after(step, g, ema):
+        with torch.no_grad():
+            weight.fill_(g)
+            next(trainer.G_ema.parameters()).fill_(ema)
+        trainer.step = step
+        trainer._update_ema()
+        return next(trainer.G_ema.parameters()).flatten()[0].item()
+
+    assert ema_after(20, 1.0, 0.0) == 1.0  # a copy
+    assert ema_after(30, 1.0, 0.0) == 0.0  # before start: left alone
+    assert ema_after(40, 1.0, 0.0) == 1.0  # the last copy wins over the first average
+    assert ema_after(50, 1.0, 0.0) == pytest.approx(0.25)  # 0.75 * 0 + 0.25 * 1
+    assert ema_after(60, 1.0, 0.0) == pytest.approx(0.25)  # past copy_until: averaged, not copied
+    assert ema_after(61, 1.0, 0.0) == 0.0  # not a multiple of every
+
+
+def test_unit_range_and_one_channel_train_score_and_draw(tmp_path):
+    """Grey digits in [0, 1] (a black empty canvas), painted in one channel, as the authors' code can."""
+    config = tiny_config(model={**TINY["model"], "channels": 1}, data={"dataset": "digits", "resolution": 16,
+                                                                       "range": [0, 1]})
+    trainer = Trainer(config, str(tmp_path / "run"))
+    reals = trainer._real_batch(6)
+    assert reals.shape == (6, 1, 16, 16) and reals.min() >= 0 and reals.max() <= 1 and reals.max() > 0.9
+    assert trainer.D.channels == 1
+    summary = trainer.train()
+    assert summary["best"]["fid"] > 0 and summary["best"]["recall"] is not None
+    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "grid-00000008.png"))
+    assert (grid[..., 0] == grid[..., 1]).all()  # grey
+
+
+def test_bad_ranges_and_channels_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.range: must be \[-1, 1\] or \[0, 1\], got \[0\.0, 255\.0\]"):
+        tiny_config(data={"dataset": "digits", "resolution": 16, "range": [0, 255]})
+    with pytest.raises(ConfigError, match=r"model\.channels: 1 \(grey\) or 3 \(RGB\), got 2"):
+        tiny_config(model={**TINY["model"], "channels": 2})

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fpa_core import checkpoint
+from fpa_core import checkpoint, pictures
 from fpa_core.checkpoint import load_generator
 from fpa_core.config import ConfigError
 from fpa_core.model import FPAGenerator, ModelConfig
@@ -55,7 +55,9 @@ def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
     base_fid = next(e["fid"] for e in base_state["evaluations"] if e["step"] == base_state["step"])
     assert summary["stage"] == "unet" and summary["base"]["fid"] == base_fid and summary["best_fid"] is not None
     strip = Image.open(tmp_path / "unet" / "painting" / "strip-00000008.png")
-    assert strip.size == (9 * 18 + 2, 2 * 2 * 18 + 2)  # T = 8 canvases, then the U-Net's output
+    cell = 16 * pictures.scale_for(16, 16) + pictures.GAP
+    # T = 8 canvases, then the U-Net's output; a title and a row of step numbers on top
+    assert strip.size == (9 * cell + pictures.GAP, 2 * pictures.LABEL + 2 * 2 * cell + pictures.GAP)
 
     generator = load_generator(str(tmp_path / "unet" / "checkpoints" / "best.pt"))
     assert isinstance(generator, RefinedGenerator) and isinstance(generator.fpa, FPAGenerator)
