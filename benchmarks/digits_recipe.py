@@ -29,7 +29,7 @@ BEFORE = {
     "model.d_in": 8, "model.d_in_proj": 64, "model.d_hidden": 256, "model.num_layers": 1, "model.height": 32,
     "model.width": 32, "model.steps": 32, "model.rule": "delta", "model.output_tanh": True, "model.channels": 3,
     "discriminator.fmap_max": 64, "discriminator.attn_res_layers": [], "discriminator.small_head_attention": False,
-    "discriminator.recon_size": 128, "data.resolution": 32, "data.range": [-1, 1], "optim.lr": 2e-4,
+    "discriminator.recon_size": 128, "discriminator.small_size": 32, "data.resolution": 32, "data.range": [-1, 1], "optim.lr": 2e-4,
     "optim.batch_size": 20, "ema.beta": 0.99, "ema.every": 10, "ema.start": 0, "ema.copy_every": 0,
     "loss.augment": [], "loss.augment_prob": 0.0, "steps": 900, "seed": 0,
 }
@@ -46,13 +46,41 @@ ROUNDS = {
         "T = 16": {"model.steps": 16},
         "D fmap_max 32": {"discriminator.fmap_max": 32},
     },
+    2: {  # 16 x 16 digits (the demo's size), black canvas, grey, cheap reconstruction; lr and D against time
+        "16px lr 2e-4": {**(SMALL := {"data.resolution": 16, "model.height": 16, "model.width": 16, "model.steps": 16,
+                                     "data.range": [0, 1], "model.channels": 1, "discriminator.recon_size": 16})},
+        "16px lr 1e-3": {**SMALL, "optim.lr": 1e-3},
+        "16px lr 1e-3, D lr / 4": {**SMALL, "optim.lr": 1e-3, "optim.d_lr_mult": 0.25},
+        "16px lr 1e-3, DiffAugment": {**SMALL, "optim.lr": 1e-3, "loss.augment": ["translation"],
+                                      "loss.augment_prob": 1.0},
+    },
+    3: {  # the round-2 winner against time: a shorter EMA, a larger lr, a smaller painter and D
+        "lr 1e-3": {**SMALL, "optim.lr": 1e-3},
+        "lr 1e-3, EMA 0.99 every step": {**SMALL, "optim.lr": 1e-3, "ema.every": 1},
+        "lr 2e-3": {**SMALL, "optim.lr": 2e-3, "ema.every": 1},
+        "lr 1e-3, d_hidden 128, D fmap 32": {**SMALL, "optim.lr": 1e-3, "ema.every": 1, "model.d_hidden": 128,
+                                              "discriminator.fmap_max": 32},
+    },
+    4: {  # what each change did, at the demo's size: added one after another, then each taken out of the last
+        "before, at 16x16": (AT_16 := {"data.resolution": 16, "model.height": 16, "model.width": 16,
+                                       "model.steps": 16}),
+        "+ range [0, 1]": (STEP_1 := {**AT_16, "data.range": [0, 1]}),
+        "+ one channel": (STEP_2 := {**STEP_1, "model.channels": 1}),
+        "+ lr 2e-3": (STEP_3 := {**STEP_2, "optim.lr": 2e-3}),
+        "+ EMA 0.99 every step": (STEP_4 := {**STEP_3, "ema.every": 1}),
+        "+ D at the image's size": (FINAL := {**STEP_4, "discriminator.recon_size": 16,
+                                              "discriminator.small_size": 16}),
+        "final, range [-1, 1]": {**FINAL, "data.range": [-1, 1]},
+        "final, lr 2e-4": {**FINAL, "optim.lr": 2e-4},
+    },
 }
 
 
-def run_variant(name: str, overrides: dict, out: Path, steps: int, num_images: int, threads: int) -> dict:
+def run_variant(name: str, overrides: dict, out: Path, steps: int, num_images: int, threads: int,
+                every: int | None = None) -> dict:
     folder = out / name.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "").replace(",", "")
-    settings = {**BEFORE, **overrides, "steps": steps, "fid.every": steps, "fid.num_images": num_images,
-                "fid.dims": 2048, "checkpoint.every": steps, "log_every": 25}
+    settings = {**BEFORE, **overrides, "steps": steps, "fid.every": every or steps, "fid.num_images": num_images,
+                "fid.dims": 2048, "checkpoint.every": every or steps, "log_every": 25}
     if not (folder / "summary.json").is_file():
         command = [sys.executable, "-m", "fpa_core.train", "--config", "digits", "--out", str(folder), "-q"]
         for key, value in settings.items():
@@ -89,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/recipe"))
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--num-images", type=int, default=500)
+    parser.add_argument("--every", type=int, help="evaluate every N steps too (default: only at the end)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", action="append", help="run only these variants (repeatable)")
     args = parser.parse_args()
@@ -96,8 +125,8 @@ def main() -> None:
     out = args.out / f"round{args.round}"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda item: run_variant(*item, out, args.steps, args.num_images, threads),
-                                variants.items()))
+        results = list(pool.map(lambda item: run_variant(*item, out, args.steps, args.num_images, threads,
+                                                         args.every), variants.items()))
     lines = [f"{args.steps} steps, {args.num_images} samples against all 1,797 digits, 2048-d calibrated features, "
              f"{args.jobs} runs at a time on {threads} thread(s) each.\n",
              "| variant | FID | KID | precision | recall | D loss | G loss | s/step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -46,6 +46,7 @@ class DiscriminatorConfig:
     antialias: bool = False  # blur before every down-sampling; the reference's default leaves it off
     small_head_attention: bool = True  # the 32x32 head's two attention blocks; costly on a CPU
     recon_size: int = 128  # the reals' reconstruction from the 8x8 features: the reference's 128x128 at any size
+    small_size: int = 32  # the second head looks at the image resized to this: the reference's 32x32 at any size
 
     def validate(self) -> list[str]:
         errors = []  # every width a whole number, and the decoders' inputs (halved three times) >= 8
@@ -58,8 +59,9 @@ class DiscriminatorConfig:
         for width in self.attn_res_layers:
             if not _is_power_of_two(width):
                 errors.append(f"attn_res_layers: every entry must be a power of two, got {width}")
-        if not (_is_power_of_two(self.recon_size) and self.recon_size >= 16):
-            errors.append(f"recon_size: must be a power of two >= 16, got {self.recon_size}")
+        for name in ("recon_size", "small_size"):
+            if not (_is_power_of_two(getattr(self, name)) and getattr(self, name) >= 16):
+                errors.append(f"{name}: must be a power of two >= 16, got {getattr(self, name)}")
         return errors
 
 
@@ -209,21 +211,25 @@ class LogitsHead(nn.Module):
 
 
 class SmallImageHead(nn.Module):
-    """The second logit, from a 32x32 copy of the input: conv, attention, one DownBlock, attention, pool."""
+    """The second logit, from an S x S copy of the input (S = 32, the reference's): conv, attention, one
+    DownBlock, attention, pool."""
 
-    def __init__(self, channels: int, antialias: bool = False, attention: bool = True):
+    def __init__(self, channels: int, antialias: bool = False, attention: bool = True, size: int = 32):
         super().__init__()
+        self.size = size
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 64, 3, padding=1),  # (B, 64, 32, 32)
+            nn.Conv2d(channels, 64, 3, padding=1),  # (B, 64, S, S)
             Attention(64) if attention else nn.Identity(),
-            DownBlock(64, 32, antialias=antialias),  # (B, 32, 16, 16)
+            DownBlock(64, 32, antialias=antialias),  # (B, 32, S / 2, S / 2)
             Attention(32) if attention else nn.Identity(),
             nn.AdaptiveAvgPool2d(4),  # (B, 32, 4, 4)
             nn.Conv2d(32, 1, 4),  # (B, 1, 1, 1)
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(F.interpolate(x, size=(32, 32)))
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size))
+        return self.net(x)
 
 
 class SimpleDecoder(nn.Module):
@@ -274,7 +280,7 @@ class Discriminator(nn.Module):
             for r, c_in, c_out in zip(log_sizes, widths[:-1], widths[1:])
         )
         self.to_logits = LogitsHead(widths[-1], cfg.disc_output_size, cfg.antialias)
-        self.to_logits_small = SmallImageHead(channels, cfg.antialias, cfg.small_head_attention)
+        self.to_logits_small = SmallImageHead(channels, cfg.antialias, cfg.small_head_attention, cfg.small_size)
         upsamples = cfg.recon_size.bit_length() - 4  # 8 x 2^upsamples = recon_size
         self.decoder_8x8 = SimpleDecoder(widths[-1], channels, upsamples)
         self.decoder_16x16 = SimpleDecoder(widths[-2], channels, upsamples) if log_size >= 9 else None

@@ -132,11 +132,7 @@ class Trainer:
             raise ValueError(f"the dataset changed since {resume_from} was written "
                              f"(fingerprint {state['dataset']['fingerprint'][:12]} then, "
                              f"{self.data.fingerprint[:12]} now); resume with the original data")
-        if fid_cache_uri is None and storage.is_s3(out):
-            fid_cache_uri = f"s3://{out[len('s3://'):].split('/')[0]}/.fpa-cache/fid"
-        self.evaluator = Evaluator(backbone=config.fid.backbone, dims=config.fid.dims,
-                                   image_format=config.fid.image_format, batch_size=config.fid.batch_size,
-                                   device=self.device, cache_uri=fid_cache_uri)
+        self.evaluator = _evaluator(config, self.device, fid_cache_uri or real_features_uri(out))
 
         self.base: dict[str, Any] | None = state.get("base") if state else None  # stage unet: the frozen FPA
         if config.stage == "unet" and state is None:
@@ -437,6 +433,23 @@ class Trainer:
         self.run.flush()
         self.run.write("summary.json", json.dumps(summary, indent=2))
         return summary
+
+
+def real_features_uri(out: str) -> str | None:
+    """Where runs under ``out`` share real features besides the local cache: the bucket's .fpa-cache/fid."""
+    return f"s3://{out[len('s3://'):].split('/')[0]}/.fpa-cache/fid" if storage.is_s3(out) else None
+
+
+def prepare_real_features(config: TrainConfig, out: str, device: str = "auto") -> None:
+    """Compute (or find) the real set's features into the caches that a run in ``out`` reads, so that many
+    runs starting at once (a sweep's first trials) need not each compute them."""
+    data = load_images(config.data.dataset, config.data.resolution)
+    _evaluator(config, _device(device), real_features_uri(out)).real_set(data.images, data.fingerprint)
+
+
+def _evaluator(config: TrainConfig, device: torch.device, cache_uri: str | None) -> Evaluator:
+    return Evaluator(backbone=config.fid.backbone, dims=config.fid.dims, image_format=config.fid.image_format,
+                     batch_size=config.fid.batch_size, device=device, cache_uri=cache_uri)
 
 
 def _device(name: str) -> torch.device:

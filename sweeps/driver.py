@@ -14,14 +14,18 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 import yaml
 from ray import tune
 
 from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
 from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
+from fpa_core.train_config import build_config
+from fpa_core.trainer import prepare_real_features
 from fpa_core.unet import fpa_of
-from sweeps.search import BridgeScheduler, BridgeSearcher, FixedTrials, OptunaBridge, TrialRecord, make_pruner
+from sweeps.pruning import make_pruner
+from sweeps.search import BridgeScheduler, BridgeSearcher, FixedTrials, OptunaBridge, TrialRecord
 from sweeps.space import SweepSpec, flatten, spec_from_dict
 from sweeps.tracking import SweepTracker, default_tracking_uri, is_local_store, plot_fid_curves, redact, ui_command
 from sweeps.trainable import run_trial, trial_resources
@@ -185,6 +189,7 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
         log.info("the first trial is %s: %s", origin, first)
 
+    _prepare_real_features(config, settings, resources)
     bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, _trial_context(settings, tracking_uri))
     trainable = tune.with_resources(run_trial, resources)
     tuner = _restored_tuner(settings, trainable, bridge, resources) if resume else \
@@ -308,14 +313,35 @@ def _new_tuner(settings: SweepSettings, trainable, bridge, resources: dict[str, 
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
 
 
+def _prepare_real_features(config, settings: SweepSettings, resources: dict[str, float]) -> None:
+    """The real set's Inception features, once, before any trial: as a Ray task with one trial's GPUs (if
+    any) and the CPUs of all the sweep's slots, which no trial uses yet. Without it the first trials would
+    compute the same features at once, each on its own share of the machine."""
+    cpus = min(ray.cluster_resources().get("CPU", 1), _slots(settings, resources) * resources.get("cpu", 1))
+    task = ray.remote(_prepare_task).options(num_cpus=cpus, num_gpus=resources.get("gpu", 0))
+    log.info("the real images' features (%s, %dx%d, %d-d), once for every trial", config.data.dataset,
+             config.data.resolution, config.data.resolution, config.fid.dims)
+    ray.get(task.remote(to_dict(config), storage.join(settings.storage, settings.name), max(1, int(cpus))))
+
+
+def _prepare_task(config: dict[str, Any], out: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    prepare_real_features(build_config(config), out)
+
+
+def _slots(settings: SweepSettings, resources: dict[str, float]) -> int:
+    """How many trials run at once: as many as the cluster's resources hold, at most --max-concurrent."""
+    cluster = ray.cluster_resources()
+    fits = [cluster.get(key.upper(), 0) / amount for key, amount in resources.items() if amount]
+    slots = max(1, int(min(fits))) if fits else 1
+    return min(settings.max_concurrent or slots, slots)
+
+
 def _keep_slots_busy(settings: SweepSettings, resources: dict[str, float]) -> None:
     """Let Ray Tune hold one suggested trial per slot, so that a slot that frees starts the next trial at once
     (with a custom searcher Tune holds one, so trials started one after another), and reuse the finished
     trial's worker process for it (no new interpreter, torch import and Inception weights each time)."""
-    cluster = ray.cluster_resources()
-    slots = [cluster.get(key.upper(), 0) / amount for key, amount in resources.items() if amount]
-    slots = max(1, int(min(slots))) if slots else 1
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(min(settings.max_concurrent or slots, slots))
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(_slots(settings, resources))
 
 
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge, tracker: SweepTracker, parent_id: str,

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
 from fpa_core.metrics import METRICS  # noqa: E402
+from sweeps.pruning import PRUNERS  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
 
 log = logging.getLogger("sweeps.launch")
@@ -33,7 +34,6 @@ log = logging.getLogger("sweeps.launch")
 # Defaults a cluster's head sets in its environment (docker-compose.yml, deploy/), so that one short
 # command runs a sweep there; flags win.
 DEFAULT_STORAGE = os.environ.get("FPA_STORAGE") or "./sweeps_out"
-PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "name"),
                 ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
                 ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"),
@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial takes (default 1)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial takes (default: 1 if the cluster has "
                                                         "GPUs now, else 0; 1 makes an autoscaler add GPU nodes)")
-    p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner (default: median)")
-    p.add_argument("--metric", choices=METRICS, default="fid",
-                   help="what Optuna minimises and prunes on: fid (default) or kid, which is unbiased at the small "
-                        "sample sizes of a periodic evaluation; also what picks each trial's best checkpoint")
-    p.add_argument("--warmup", type=int, default=1, help="evaluations of a trial before it may be pruned")
+    p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: the sweep file's, else median)")
+    p.add_argument("--metric", choices=METRICS,
+                   help="what Optuna minimises and prunes on: fid or kid, which is unbiased at the small sample "
+                        "sizes of a periodic evaluation; also what picks each trial's best checkpoint (default: the "
+                        "sweep file's, else fid)")
+    p.add_argument("--warmup", type=int, help="evaluations of a trial before it may be pruned (default: the sweep "
+                                              "file's, else 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
@@ -113,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         optuna_storage=args.optuna_storage or os.environ.get("FPA_OPTUNA_STORAGE"), num_trials=args.num_trials or spec.num_trials or 20,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
-        pruner=args.pruner, warmup=args.warmup, seed=args.seed, address=args.address, profile=args.profile,
-        stage=args.stage, base=args.base if args.stage == "unet" else None, metric=args.metric)
+        pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1), seed=args.seed,
+        address=args.address, profile=args.profile, stage=args.stage, base=args.base if args.stage == "unet" else None,
+        metric=_first(args.metric, spec.metric, "fid"))
     try:
         summary = run_sweep(spec, settings)
     except SweepInterrupted as e:
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0 if summary["best"] else 1
+
+
+def _first(*values):
+    """The first value that is not None: the flag's, else the sweep file's, else the default."""
+    return next(v for v in values if v is not None)
 
 
 def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -6,6 +6,9 @@ see ``sweep_names()``), or anywhere else by path (``load_sweep("my-sweep.yaml")`
     dataset: metfaces        # the training dataset (a name, folder or zip); sets data.dataset
     base: metfaces           # the training config trials start from: packaged (fpa_core/configs/) or a YAML file
     num_trials: 20           # optional: how many trials (the launcher's --num-trials wins)
+    pruner: hyperband        # optional: the launcher's --pruner, --warmup and --metric when not given
+    warmup: 0
+    metric: kid
     fid_backbone: auto       # optional: auto picks the calibrated Inception where its weights are, else
                              # inception-random, and says so; inception / inception-random force one
     first: table3            # optional: the first trial to run, table3 (the dataset's Table 3 row) or
@@ -49,14 +52,17 @@ import optuna
 import yaml
 
 from fpa_core.config import ConfigError
+from fpa_core.metrics import METRICS
 from fpa_core.presets import PRESETS
 from fpa_core.train_config import TrainConfig, build_config, config_dict, packaged_configs
+from sweeps.pruning import PRUNERS
 
 logger = logging.getLogger(__name__)
 
 FIRST_CHOICES = ("table3", "base")
 FID_BACKBONES = ("auto", "inception", "inception-random")
-_PROFILE_KEYS = ("dataset", "base", "first", "num_trials", "fid_backbone", "fixed", "space")  # what a profile may override
+_LAUNCH_KEYS = ("num_trials", "pruner", "warmup", "metric")  # defaults of the launcher's flags
+_PROFILE_KEYS = ("dataset", "base", "first", *_LAUNCH_KEYS, "fid_backbone", "fixed", "space")  # what a profile may set
 _FILE_KEYS = (*_PROFILE_KEYS, "profiles", "stages")
 STAGES = ("fpa", "unet")
 _RANGE_KEYS = ("low", "high", "log", "step")
@@ -137,6 +143,9 @@ class SweepSpec:
     first: str | None = None  # table3, base, or None
     profile: str | None = None  # the profile applied to the file, if any
     num_trials: int | None = None  # the file's number of trials; the launcher's --num-trials wins
+    pruner: str | None = None  # the file's pruner, evaluations before pruning and metric; the launcher's flags win
+    warmup: int | None = None
+    metric: str | None = None
     fid_backbone: str | None = None  # auto: calibrated where the Inception weights are, else inception-random
 
     def with_fixed(self, overrides: dict[str, Any]) -> SweepSpec:
@@ -182,7 +191,8 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         """The sweep as a mapping in the file format (with its name and profile), e.g. to log as YAML."""
         return {"name": self.name, "profile": self.profile, "dataset": self.dataset, "base": self.base,
-                "first": self.first, "num_trials": self.num_trials, "fid_backbone": self.fid_backbone,
+                "first": self.first, **{key: getattr(self, key) for key in _LAUNCH_KEYS},
+                "fid_backbone": self.fid_backbone,
                 "fixed": dict(self.fixed),
                 "space": {param.name: param.to_dict() for param in self.params}}
 
@@ -291,17 +301,24 @@ def _parse(data: dict[str, Any], name: str, profile: str | None, source: str) ->
         errors.append(f"first: {first!r} is not one of {', '.join(FIRST_CHOICES)}; omit it to let the sampler "
                       "choose the first trial")
         first = None
-    num_trials = data.get("num_trials")
-    if num_trials is not None and (isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1):
-        errors.append(f"num_trials: expected a positive integer, got {num_trials!r}")
-        num_trials = None
+    launch = {key: data.get(key) for key in _LAUNCH_KEYS}
+    for key, low in (("num_trials", 1), ("warmup", 0)):
+        value = launch[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            errors.append(f"{key}: expected an integer >= {low}, got {value!r}")
+            launch[key] = None
+    for key, choices in (("pruner", PRUNERS), ("metric", METRICS)):
+        if launch[key] is not None and launch[key] not in choices:
+            errors.append(f"{key}: {launch[key]!r} is not one of {', '.join(choices)}")
+            launch[key] = None
     fid_backbone = data.get("fid_backbone")
     if fid_backbone is not None and fid_backbone not in FID_BACKBONES:
         errors.append(f"fid_backbone: {fid_backbone!r} is not one of {', '.join(FID_BACKBONES)}")
         fid_backbone = None
     fixed = _parse_fixed(data.get("fixed"), errors)
     params = _parse_space(data.get("space"), errors)
-    spec = SweepSpec(name, dataset or "", base or "", fixed, params, first, profile, num_trials, fid_backbone)
+    spec = SweepSpec(name, dataset or "", base or "", fixed, params, first, profile, fid_backbone=fid_backbone,
+                     **launch)
     if dataset and base:
         _check_values(spec, errors)
     if first and not errors:

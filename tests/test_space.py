@@ -34,8 +34,9 @@ def test_every_packaged_sweep_loads():
         spec.trial_config({})
     demo = load_sweep("digits", profile="demo")
     config = demo.trial_config(demo.first_params())
-    assert (config.data.resolution, config.model.height, config.model.steps, config.steps) == (16, 16, 16, 150)
-    assert (config.fid.every, config.fid.dims, config.optim.batch_size) == (50, 64, 20)
+    assert (config.data.resolution, config.model.height, config.model.steps, config.steps) == (16, 16, 16, 2000)
+    assert (config.fid.every, config.fid.dims, config.fid.backbone, config.optim.batch_size) == (500, 2048, "inception", 20)
+    assert (demo.num_trials, demo.pruner, demo.warmup, demo.metric) == (8, "successive-halving", 0, "kid")
     assert demo.params == load_sweep("digits").params  # the demo shrinks the runs, not the space
 
 
@@ -116,7 +117,7 @@ def test_tpe_multivariate_group_handles_the_conditional_space():
     ({"model.d_hidden": [0, 256]},
      "space.model.d_hidden: 0 cannot be used: model.d_hidden: must be a positive integer, got 0"),
     ({"optim.lr": {"low": -1.0e-4, "high": 1.0e-3}},
-     "space.optim.lr: -0.0001 cannot be used: optim.lr: must be positive"),
+     "space.optim.lr: -0.0001 cannot be used: optim.lr: must be a positive, finite number"),
     ({"model.num_layers": {"low": 3, "high": 1}}, "space.model.num_layers: low (3) >= high (1)"),
     ({"model.d_in": {"values": [4, 8], "if": {"model.input_generator": "v2"}}},
      "space.model.d_in: if: model.input_generator is not in the space"),
@@ -192,3 +193,15 @@ def test_nested_and_flatten_are_inverses():
     assert nested({"model.d_hidden": 2, "steps": 5}) == {"model": {"d_hidden": 2}, "steps": 5}
     with pytest.raises(SpaceError, match="model is already set to a value"):
         nested({"model": 1, "model.d_hidden": 2})
+
+
+def test_a_sweep_file_sets_the_launchers_defaults_and_names_bad_ones(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, {"model.d_hidden": [8, 16]}, num_trials=3, pruner="hyperband", warmup=0,
+                                  metric="kid"))
+    assert (spec.num_trials, spec.pruner, spec.warmup, spec.metric) == (3, "hyperband", 0, "kid")
+    assert load_sweep(write_sweep(tmp_path, {"model.d_hidden": [8]})).pruner is None  # the launcher's default then
+    with pytest.raises(SpaceError) as error:
+        load_sweep(write_sweep(tmp_path, {"model.d_hidden": [8]}, pruner="asha", warmup=-1, metric="is"))
+    message = str(error.value)
+    assert "pruner: 'asha' is not one of median" in message and "warmup: expected an integer >= 0" in message
+    assert "metric: 'is' is not one of fid, kid" in message

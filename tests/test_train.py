@@ -135,7 +135,7 @@ def test_config_errors_name_every_field():
         load_config("digits", {"model": {"d_hiden": 3}, "optim": {"lr": -1.0}, "fid": {"dims": 100}})
     message = str(e.value)
     assert "model.d_hiden: unknown field" in message
-    assert "optim.lr: must be positive, got -1.0" in message
+    assert "optim.lr: must be a positive, finite number, got -1.0" in message
     assert "fid.dims: 100 is not allowed; choose one of 64, 192, 768, 2048" in message
     assert len(e.value.errors) == 3
     with pytest.raises(ConfigError, match="data.resolution: 24 does not match the painted image 32 x 32"):
