@@ -16,7 +16,6 @@ import sys
 import torch
 
 from fpa_core import checkpoint, pictures, storage
-from fpa_core.checkpoint import load_generator  # noqa: F401  (its old home: fpa_core.paint.load_generator)
 from fpa_core.config import ConfigError
 
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted at step {trainer.step}; the last checkpoint is {trainer.last_checkpoint}. "
-              f"Continue with: python -m fpa_core.train --out {trainer.run.root} --resume", file=sys.stderr)
+              f"Continue with: python -m fpa_core.train --out {trainer.folder.root} --resume", file=sys.stderr)
         return 130
     label = "FID" if summary["fid_calibrated"] else "FID (uncalibrated: inception-random)"
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s")

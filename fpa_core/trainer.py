@@ -113,16 +113,20 @@ class Trainer:
     """Trains one FPA GAN. ``Trainer(config, out).train()`` returns the run's summary."""
 
     def __init__(self, config: TrainConfig, out: str, *, resume_from: str | None = None,
+                 resume_state: dict[str, Any] | None = None,
                  on_evaluation: Callable[[Evaluation], None] | None = None, fid_cache_uri: str | None = None):
-        self.cfg, self.run, self.on_evaluation = config, RunFolder(out), on_evaluation
+        """``resume_from``: a checkpoint to continue from; ``resume_state``: the same checkpoint already loaded
+        (``from_checkpoint`` reads it once, for the config and the state)."""
+        self.cfg, self.folder, self.on_evaluation = config, RunFolder(out), on_evaluation
         self.value_range = (float(config.data.range[0]), float(config.data.range[1]))
         self.device = _device(config.device)
         if resume_from is None:
-            existing = checkpoint.latest_checkpoints(self.run.uri("checkpoints"))
+            existing = checkpoint.latest_checkpoints(self.folder.uri("checkpoints"))
             if existing:
                 raise RunExistsError(f"{out} already holds a run (up to step {existing[-1][0]}); "
                                      "continue it with --resume, or choose another --out")
-        state = checkpoint.load(resume_from, self.device) if resume_from else None
+        state = resume_state if resume_state is not None else \
+            checkpoint.load(resume_from, self.device) if resume_from else None
 
         # Everything that could fail on bad input comes before any training work.
         self.data: ImageSet = load_images(config.data.dataset, config.data.resolution)
@@ -135,12 +139,14 @@ class Trainer:
         self.evaluator = _evaluator(config, self.device, fid_cache_uri or real_features_uri(out))
 
         self.base: dict[str, Any] | None = state.get("base") if state else None  # stage unet: the frozen FPA
+        base_state = None  # a new U-Net stage: the base FPA's checkpoint, read once
         if config.stage == "unet" and state is None:
-            config, self.base = self._adopt_base(config)
+            base_state = checkpoint.load(config.base_generator)
+            config, self.base = self._adopt_base(config, base_state)
             self.cfg = config
 
         _seed_everything(config.seed)
-        self.G = self._generator(config, fresh=state is None).to(self.device)
+        self.G = self._generator(config, base_state).to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.D = Discriminator(config.discriminator, image_size=config.data.resolution,
                                channels=config.model.channels).to(self.device)
@@ -159,11 +165,11 @@ class Trainer:
         if state:
             self._restore(state, resume_from)
         else:
-            self.run.write("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+            self.folder.write("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    def _adopt_base(self, config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
-        """Stage unet: the model section becomes the base FPA's own; its FID is kept for comparison."""
-        state = checkpoint.load(config.base_generator)
+    def _adopt_base(self, config: TrainConfig, state: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+        """Stage unet: the model section becomes the base FPA's own, the U-Net takes its channels; its FID is
+        kept for comparison."""
         saved = state["config"]
         if saved.get("stage", "fpa") != "fpa":
             raise ValueError(f"base_generator {config.base_generator} is itself a U-Net stage; give an FPA checkpoint")
@@ -174,13 +180,15 @@ class Trainer:
         scores = next((e for e in state["evaluations"] if e["step"] == state["step"]), {})
         base = {"uri": config.base_generator, "step": state["step"], "fid": scores.get("fid"), "kid": scores.get("kid"),
                 **{k: state.get(k) for k in ("fid_backbone", "fid_calibrated", "fid_weights")}}
-        return dataclasses.replace(config, model=model), base
+        unet = dataclasses.replace(config.unet, channels=model.channels)  # it refines the FPA's own image
+        return dataclasses.replace(config, model=model, unet=unet), base
 
-    def _generator(self, config: TrainConfig, fresh: bool) -> torch.nn.Module:
+    def _generator(self, config: TrainConfig, base_state: dict[str, Any] | None) -> torch.nn.Module:
         if config.stage == "fpa":
             return FPAGenerator(config.model)
-        # A new U-Net stage loads the base's EMA weights; a resumed one has them in its checkpoint.
-        fpa = checkpoint.load_generator(config.base_generator) if fresh else FPAGenerator(config.model)
+        # A new U-Net stage starts from the base's EMA weights; a resumed one has them in its checkpoint.
+        fpa = checkpoint.generator_from_state(base_state, source=config.base_generator) if base_state is not None \
+            else FPAGenerator(config.model)
         return RefinedGenerator(fpa, UNet(config.unet))
 
     @classmethod
@@ -195,9 +203,9 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, uri: str, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
         """Continue from any checkpoint (``latest`` or ``best``), writing to ``out``."""
-        saved = checkpoint.load(uri)["config"]
-        config = build_config(saved, overrides, f"the config saved in {uri}")
-        return cls(config, out, resume_from=uri, **kwargs)
+        state = checkpoint.load(uri)
+        config = build_config(state["config"], overrides, f"the config saved in {uri}")
+        return cls(config, out, resume_from=uri, resume_state=state, **kwargs)
 
     # -- the training loop --------------------------------------------------------------------------------
 
@@ -227,7 +235,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 images_per_s = window_images / max(time.perf_counter() - window_start, 1e-9)
                 window_images, window_start = 0, time.perf_counter()
-                self.run.log({"step": self.step, **losses, "images_per_s": round(images_per_s, 2),
+                self.folder.log({"step": self.step, **losses, "images_per_s": round(images_per_s, 2),
                               "wall_time_s": round(self.wall_time_s, 2), "time": round(time.time(), 3)})
             evaluated = self.step % cfg.fid.every == 0 or self.step == cfg.steps
             if evaluated:
@@ -330,10 +338,10 @@ class Trainer:
         scores = self.evaluator.scores(sample, cfg.fid.num_images, self.data.images, self.data.fingerprint)
         self.evaluations.append({"step": self.step, **scores.to_dict()})
         self._picture_bytes = self._draw_pictures()
-        self.run.log({"step": self.step, **scores.to_dict(), "fid_calibrated": self.evaluator.calibrated,
+        self.folder.log({"step": self.step, **scores.to_dict(), "fid_calibrated": self.evaluator.calibrated,
                       "time": round(time.time(), 3)})
         if previous is None or getattr(scores, metric) < previous[metric]:
-            checkpoint.save(self.run.uri("checkpoints", "best.pt"), self._state())
+            checkpoint.save(self.folder.uri("checkpoints", "best.pt"), self._state())
         best = self.best
         log.info("step %d: %s (best %s %.4g at step %d)", self.step, describe(scores.to_dict(), self.evaluator.label),
                  metric.upper(), best[metric], best["step"])
@@ -348,15 +356,15 @@ class Trainer:
         drawn = pictures.render(self.G_ema, latents, cfg.pictures.samples, cfg.pictures.paintings,
                                 self.value_range, title=f"step {self.step}")
         tag = f"{self.step:08d}"
-        self._pictures = {"grid": self.run.write(f"samples/grid-{tag}.png", drawn["grid.png"]),
-                          "strip": self.run.write(f"painting/strip-{tag}.png", drawn["painting.png"]),
-                          "gif": self.run.write(f"painting/painting-{tag}.gif", drawn["painting.gif"])}
+        self._pictures = {"grid": self.folder.write(f"samples/grid-{tag}.png", drawn["grid.png"]),
+                          "strip": self.folder.write(f"painting/strip-{tag}.png", drawn["painting.png"]),
+                          "gif": self.folder.write(f"painting/painting-{tag}.gif", drawn["painting.gif"])}
         return {"grid": drawn["grid.png"], "strip": drawn["painting.png"], "gif": drawn["painting.gif"]}
 
     def _evaluation(self, scores: Scores, losses: dict[str, float], images_per_s: float) -> Evaluation:
         return Evaluation(step=self.step, scores=scores, best=dict(self.best), calibrated=self.evaluator.calibrated,
                           losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
-                          best_checkpoint=self.run.uri("checkpoints", "best.pt"), pictures=self._pictures,
+                          best_checkpoint=self.folder.uri("checkpoints", "best.pt"), pictures=self._pictures,
                           picture_bytes=self._picture_bytes)
 
     def _state(self) -> dict[str, Any]:
@@ -379,13 +387,13 @@ class Trainer:
         }
 
     def _save_latest(self) -> None:
-        folder = self.run.uri("checkpoints")
+        folder = self.folder.uri("checkpoints")
         uri = storage.join(folder, checkpoint.latest_name(self.step))
         checkpoint.save(uri, self._state())
         checkpoint.prune_latest(folder, self.cfg.checkpoint.keep)
         self.last_checkpoint = uri
-        if storage.is_s3(self.run.root):
-            self.run.flush()
+        if storage.is_s3(self.folder.root):
+            self.folder.flush()
 
     def _restore(self, state: dict[str, Any], uri: str) -> None:
         self.G.load_state_dict(state["generator"])
@@ -400,16 +408,16 @@ class Trainer:
         self.evaluations = [dict(e) for e in state["evaluations"]]
         self.last_checkpoint = uri
         checkpoint.set_rng_state(state["rng"])
-        lost = self.run.load_metrics(up_to_step=self.step)
-        self.run.log({"step": self.step, "event": "resumed", "from": uri, "lost_steps": lost,
+        lost = self.folder.load_metrics(up_to_step=self.step)
+        self.folder.log({"step": self.step, "event": "resumed", "from": uri, "lost_steps": lost,
                       "time": round(time.time(), 3)})
-        self.run.write("config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        self.folder.write("config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         log.info("resumed from %s at step %d (%d logged steps after it are redone)", uri, self.step, lost)
 
     def _write_summary(self) -> dict[str, Any]:
         best, final = self.best, self.evaluations[-1] if self.evaluations else None
         summary = {
-            "out": self.run.root,
+            "out": self.folder.root,
             "dataset": self.data.name,
             "steps": self.step,
             "metric": self.cfg.fid.metric,  # what picked best.pt
@@ -428,10 +436,10 @@ class Trainer:
             "wall_time_s": round(self.wall_time_s, 2),
             **({"stage": "unet", "base": self.base} if self.base else {}),
             "checkpoints": {"latest": self.last_checkpoint,
-                            "best": self.run.uri("checkpoints", "best.pt") if best else None},
+                            "best": self.folder.uri("checkpoints", "best.pt") if best else None},
         }
-        self.run.flush()
-        self.run.write("summary.json", json.dumps(summary, indent=2))
+        self.folder.flush()
+        self.folder.write("summary.json", json.dumps(summary, indent=2))
         return summary
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,8 +15,6 @@ EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifact
 
 def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
     """Submit ``python sweeps/launch.py LAUNCH_ARGS`` to the job server at ``address``; follow it unless detached."""
-    from sweeps.launch import command_line
-
     _use_token_auth_if_available()  # before Ray is imported: it reads the mode once
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -30,6 +29,11 @@ def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
     status = client.get_job_status(job_id)
     print(f"job {job_id}: {status}")
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def command_line(launch_args: list[str]) -> str:
+    """The job's entrypoint: launch.py with the given arguments, quoted for a shell."""
+    return "python sweeps/launch.py " + " ".join(shlex.quote(a) for a in launch_args)
 
 
 async def _follow(client, job_id: str) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,17 +21,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
 from fpa_core.metrics import METRICS  # noqa: E402
 from sweeps.pruning import PRUNERS  # noqa: E402
+from sweeps.jobs import submit  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
+from sweeps.sweep import (SweepInterrupted, SweepNotFound, new_settings, resolve_storage,  # noqa: E402
+                          tracking_uri_problems)
 
 log = logging.getLogger("sweeps.launch")
 
-# Defaults a cluster's head sets in its environment (docker-compose.yml, deploy/), so that one short
-# command runs a sweep there; flags win.
-DEFAULT_STORAGE = os.environ.get("FPA_STORAGE") or "./sweeps_out"
 RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "name"),
                 ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
                 ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"),
@@ -69,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
+    p.add_argument("--storage",
                    help="Ray's experiment state, checkpoints and trial folders: a folder or s3://bucket/prefix "
                         "(default: FPA_STORAGE, else ./sweeps_out)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
@@ -102,18 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.submit:
-        from sweeps.jobs import submit
-
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
 
-    from sweeps.driver import SweepInterrupted, SweepSettings, run_sweep
+    from sweeps.driver import run_sweep
 
     stage = "-unet" if args.stage == "unet" else ""
     name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = SweepSettings(
-        name=name, storage=absolute_storage(args.storage), tracking_uri=args.tracking_uri,
-        optuna_storage=args.optuna_storage or os.environ.get("FPA_OPTUNA_STORAGE"), num_trials=args.num_trials or spec.num_trials or 20,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
+    settings = new_settings(
+        name, storage=args.storage, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage,
+        num_trials=args.num_trials or spec.num_trials or 20, max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1), seed=args.seed,
         address=args.address, profile=args.profile, stage=args.stage, base=args.base if args.stage == "unet" else None,
@@ -135,13 +129,11 @@ def _first(*values):
 
 def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.submit:
-        from sweeps.jobs import submit
-
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
-    from sweeps.driver import SweepInterrupted, SweepNotFound, resume_sweep
+    from sweeps.driver import resume_sweep
 
     try:
-        summary = resume_sweep(args.resume, absolute_storage(args.storage), tracking_uri=args.tracking_uri,
+        summary = resume_sweep(args.resume, resolve_storage(args.storage), tracking_uri=args.tracking_uri,
                                optuna_storage=args.optuna_storage, address=args.address)
     except SweepInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
@@ -174,26 +166,6 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def tracking_uri_problems(flag: str | None) -> list[str]:
-    """A tracking URI (the flag's, else MLFLOW_TRACKING_URI) with a password in it is refused: trials carry
-    it in their configs, which Ray writes to storage."""
-    for name, uri in (("--tracking-uri", flag), ("MLFLOW_TRACKING_URI", None if flag else
-                                                 os.environ.get("MLFLOW_TRACKING_URI"))):
-        if credentials_in(uri):
-            return [f"{name} must not carry credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                    "(or PGPASSWORD for a PostgreSQL store) in the environment"]
-    return []
-
-
-def credentials_in(uri: str | None) -> bool:
-    """Whether a URL carries user-info (user:password@host)."""
-    return bool(uri) and "@" in uri.split("://", 1)[-1].split("/", 1)[0]
-
-
-def absolute_storage(location: str) -> str:
-    return location if storage.is_s3(location) else str(Path(location).resolve())
-
-
 def _forwarded_args(argv: list[str]) -> list[str]:
     """The command line minus --submit URL and --detach: what the job runs on the cluster."""
     out, skip = [], False
@@ -208,10 +180,6 @@ def _forwarded_args(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
-
-
-def command_line(args: list[str]) -> str:
-    return "python sweeps/launch.py " + " ".join(shlex.quote(a) for a in args)
 
 
 if __name__ == "__main__":

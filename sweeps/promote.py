@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.launch import DEFAULT_STORAGE, absolute_storage, tracking_uri_problems  # noqa: E402
+from sweeps.sweep import read_summary, resolve_storage, resolve_tracking_uri, tracking_uri_problems  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", type=int, metavar="N",
                         help="score the candidate first with N images as fpa_core.evaluate does (the paper used "
                              "50000); champions are compared only under the same protocol")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+    parser.add_argument("--storage",
                         help="where the sweep ran, a folder or s3:// (default: FPA_STORAGE, else ./sweeps_out)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
                                                "sqlite:///./mlflow.db)")
@@ -53,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from fpa_core.inception_weights import FIDWeightsUnavailable
-    from sweeps.registry import promote, storage_summary
-    from sweeps.tracking import default_tracking_uri
+    from sweeps.registry import promote
 
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         if args.sweep:
-            summary = storage_summary(absolute_storage(args.storage), args.sweep)
+            summary = read_summary(resolve_storage(args.storage), args.sweep)
             if not summary.get("best"):
                 print(f"nothing to promote: no trial of sweep {args.sweep} reached an FID evaluation")
                 return 0

@@ -22,10 +22,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fpa_core import checkpoint, storage
+from fpa_core import checkpoint
 from fpa_core.evaluate import evaluate_checkpoint
 from fpa_core.metrics import SCORES
-from sweeps.tracking import _slug, default_tracking_uri, redact
+from sweeps.sweep import redact, resolve_tracking_uri
+from sweeps.tracking import _slug
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
     champion if it beats the current champion on the run's metric (fid.metric) under the same protocol, or
     ``force``. ``evaluate``: score it first as the paper did (fpa_core.evaluate, that many images), not by the
     scores its run logged."""
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    client = MlflowClient(tracking_uri or resolve_tracking_uri())
     state = checkpoint.load(checkpoint_uri)
     config, step = state["config"], int(state["step"])
     metric = config["fid"].get("metric", "fid")
@@ -146,7 +147,7 @@ def _move_champion(client: MlflowClient, name: str, version, current) -> int | N
 def download_model(uri: str, tracking_uri: str | None = None) -> str:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the local path of its generator file.
     Registered as fpa_core's resolver of models:/ URIs (pyproject entry point)."""
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    client = MlflowClient(tracking_uri or resolve_tracking_uri())
     reference = uri[len("models:/"):]
     try:
         if "@" in reference:
@@ -198,15 +199,3 @@ def _difference(old: str | None, new: str) -> str:
         return "the champion has no protocol recorded"
     before, after = json.loads(old), json.loads(new)
     return ", ".join(f"{k} {before.get(k)!r} vs {after.get(k)!r}" for k in sorted(after) if before.get(k) != after[k])
-
-
-def storage_summary(storage_root: str, sweep: str) -> dict[str, Any]:
-    """A finished sweep's summary.json, or ValueError naming the sweeps the storage holds."""
-    from sweeps.driver import list_sweeps
-
-    try:
-        return json.loads(storage.read_bytes(storage.join(storage_root, sweep, "summary.json")))
-    except FileNotFoundError:
-        known = list_sweeps(storage_root)
-        raise ValueError(f"no finished sweep named {sweep!r} in {storage_root} (no summary.json); it holds "
-                         f"{', '.join(known) if known else 'no sweeps'}") from None

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
 import typing
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ import optuna
 import yaml
 
 from fpa_core.config import ConfigError
-from fpa_core.metrics import METRICS
+from fpa_core.metrics import BACKBONES, METRICS
 from fpa_core.presets import PRESETS
 from fpa_core.train_config import TrainConfig, build_config, config_dict, packaged_configs
 from sweeps.pruning import PRUNERS
@@ -60,7 +61,7 @@ from sweeps.pruning import PRUNERS
 logger = logging.getLogger(__name__)
 
 FIRST_CHOICES = ("table3", "base")
-FID_BACKBONES = ("auto", "inception", "inception-random")
+FID_BACKBONES = ("auto", *BACKBONES)  # auto: the calibrated one where its weights are
 _LAUNCH_KEYS = ("num_trials", "pruner", "warmup", "metric")  # defaults of the launcher's flags
 _PROFILE_KEYS = ("dataset", "base", "first", *_LAUNCH_KEYS, "fid_backbone", "fixed", "space")  # what a profile may set
 _FILE_KEYS = (*_PROFILE_KEYS, "profiles", "stages")
@@ -162,10 +163,15 @@ class SweepSpec:
                 sampled[param.name] = param.suggest(trial)
         return sampled
 
+    @functools.cached_property
+    def base_data(self) -> dict[str, Any]:
+        """The base config's mapping, read once per spec."""
+        return config_dict(self.base)
+
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The base config, then the dataset, the fixed entries and ``params``; ConfigError names bad fields."""
         overrides = nested({"data.dataset": self.dataset, **self.fixed, **params})
-        return build_config(config_dict(self.base), overrides, f"sweep {self.name} trial")
+        return build_config(self.base_data, overrides, f"sweep {self.name} trial")
 
     def first_params(self) -> dict[str, Any] | None:
         """The first trial's values for the active parameters (for ``study.enqueue_trial``), or None.

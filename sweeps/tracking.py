@@ -1,8 +1,11 @@
-"""MLflow records of a sweep: an experiment per dataset, a parent run per sweep, a child run per trial.
+"""Every MLflow write of a sweep: an experiment per dataset, a parent run per sweep, a child run per trial.
+The one place to change what MLflow records.
 
-The driver creates every run (so a trial that restarts keeps its child run) and closes them; the
-trial processes only log into their child run. Nothing here logs a credential: URIs are logged with
-their user-info removed, and only fields of the training config become params.
+The driver's side (``SweepTracker``) creates every run (so a trial that restarts keeps its child run) and
+closes them, told by the sweep's trial book (``sweeps.trials``) when a trial ends and when the sweep has a
+new best. The trial processes (``TrialLogger``) only log into their child run: each evaluation's metrics
+and pictures. Nothing here logs a credential: URIs are logged with their user-info removed, and only fields
+of the training config become params.
 """
 
 from __future__ import annotations
@@ -10,11 +13,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import yaml
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from fpa_core import storage
+from sweeps.sweep import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +33,6 @@ TAG_PARENT = "mlflow.parentRunId"
 # The experiment's kind: `mlflow ui` then opens it on its training runs, not on the GenAI traces page.
 TAG_KIND, KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
-
-
-def redact(uri: str | None) -> str | None:
-    """A URI without its user-info (user:password@), safe to log or record."""
-    if not uri or "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def default_tracking_uri() -> str:
-    """MLflow's own MLFLOW_TRACKING_URI where it is set (a cluster's head sets it), else ./mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def is_local_store(tracking_uri: str) -> bool:
@@ -92,6 +77,36 @@ class SweepTracker:
             if experiment.tags.get(TAG_KIND) != KIND:
                 self.client.set_experiment_tag(self.experiment_id, TAG_KIND, KIND)
 
+    @classmethod
+    def for_sweep(cls, settings, dataset: str) -> SweepTracker:
+        """The tracker of a sweep (``sweeps.sweep.SweepSettings``): artifacts beside a local MLflow store, or in
+        the sweep's bucket when the sweep is on S3 and MLflow is local."""
+        uri = settings.tracking_uri
+        root = storage.join(settings.storage, "mlartifacts") if storage.is_s3(settings.storage) and is_local_store(uri) \
+            else None
+        return cls(uri, dataset, artifact_root=root)
+
+    def start_sweep(self, settings, dataset: str, resources: dict[str, float], space: dict[str, Any],
+                    tags: dict[str, str] | None = None) -> str:
+        """A new sweep's parent run: its settings (without credentials) and resources as params, its space."""
+        parent_id = self.start_parent(settings.name, {
+            **{f"sweep.{k}": v for k, v in settings.public().items()}, "sweep.dataset": dataset,
+            "sweep.resources": json.dumps(resources)}, space)
+        for key, value in (tags or {}).items():
+            self.client.set_tag(parent_id, key, value)
+        return parent_id
+
+    def resume_sweep(self, sweep: str) -> str | None:
+        """A resumed sweep's parent run, RUNNING again; None when this store does not hold it."""
+        parent_id = self.find_parent(sweep)
+        if parent_id is not None:
+            self.client.update_run(parent_id, "RUNNING")
+        return parent_id
+
+    def sweep_interrupted(self, parent_id: str) -> None:
+        """Ctrl-C: the parent run is KILLED until --resume; its trials stay RUNNING."""
+        self.client.set_terminated(parent_id, "KILLED")
+
     def find_parent(self, sweep: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_SWEEP}` = '{sweep}' "
                                        f"and tags.`mlflow.runName` = '{sweep}'", max_results=1)
@@ -116,12 +131,44 @@ class SweepTracker:
                                        f"and tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def trial_run(self, parent_id: str, sweep: str, trial_id: str, params: dict[str, Any],
+                  tags: dict[str, str] | None = None) -> str:
+        """The trial's child run: found again by name (a driver that died after creating it), else created."""
+        return self.find_child(sweep, trial_id) or self.start_child(parent_id, sweep, trial_id, params, tags)
+
+    def trial_ended(self, record, state: str, tags: dict[str, Any]) -> None:
+        """A trial's end (``sweeps.trials.TrialRecord``; COMPLETE, PRUNED or ERROR): its state, best scores and
+        steps as tags, and the run ended FINISHED, KILLED or FAILED."""
+        best = record.best or {}
+        self.finish(record.run_id, state, {"fpa.best_fid": best.get("fid"), "fpa.best_kid": best.get("kid"),
+                                           "fpa.steps": record.steps, **tags})
+
+    def new_best(self, parent_id: str, metric: str, value: float, evaluations_seen: int) -> None:
+        """The parent's best-so-far curve, against the evaluations seen: it only ever falls."""
+        self.log_metric(parent_id, f"best_{metric}", value, evaluations_seen)
+
     def finish(self, run_id: str, state: str, tags: dict[str, Any] | None = None) -> None:
         """state: COMPLETE, PRUNED or ERROR (the Optuna words) -> MLflow FINISHED, KILLED or FAILED."""
         for key, value in {TAG_STATE: state, **(tags or {})}.items():
             self.client.set_tag(run_id, key, str(value))
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED"}[state]
         self.client.set_terminated(run_id, status)
+
+    def finish_sweep(self, parent_id: str, summary: dict[str, Any], curves: dict[str, list[tuple[int, float]]]
+                     ) -> None:
+        """The parent run's end: the best config, a plot of the metric against step for every trial (``curves``:
+        label -> (step, value) points), the summary, and FINISHED (FAILED when no trial was scored)."""
+        metric = summary["metric"]
+        if summary["best"]:
+            self.log_text(parent_id, yaml.safe_dump(summary["best"]["config"], sort_keys=False), "best_config.yaml")
+            self.client.set_tag(parent_id, "fpa.best_trial", summary["best"]["trial_id"])
+        png = plot_fid_curves(curves, f"{summary['name']}: {metric.upper()} against step", metric.upper())
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder, f"{metric}_vs_step.png")
+            path.write_bytes(png)
+            self.log_file(parent_id, str(path))
+        self.log_text(parent_id, json.dumps(summary, indent=2), "summary.json")
+        self.client.set_terminated(parent_id, "FINISHED" if summary["best"] else "FAILED")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]

@@ -22,6 +22,7 @@ from fpa_core import checkpoint, storage
 from fpa_core.metrics import SCORES, best_evaluation
 from fpa_core.train_config import build_config
 from fpa_core.trainer import Evaluation, Trainer
+from sweeps.sweep import trial_folder
 from sweeps.tracking import TrialLogger
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ POINTER = "fpa_checkpoint.json"
 
 def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
-    out = storage.join(config["out_root"], "trials", config["trial_id"])
+    out = trial_folder(config["out_root"], config["trial_id"])
     logger = TrialLogger(config["tracking_uri"], config["run_id"])
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}

@@ -131,11 +131,12 @@ def local_ray():
 
 
 def settings(tmp_path: Path, **kwargs):
-    from sweeps.driver import SweepSettings
+    """A new sweep's settings in ``tmp_path``: its folder, MLflow in mlflow.db, Optuna's default SQLite."""
+    from sweeps.sweep import new_settings
 
     base = dict(name=f"sweep-{uuid.uuid4().hex[:6]}", storage=str(tmp_path / "sweeps_out"),
                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", num_trials=4, pruner="none", seed=0)
-    return SweepSettings(**{**base, **kwargs})
+    return new_settings(**{**base, **kwargs})
 
 
 def child_runs(tracking_uri: str, summary: dict):

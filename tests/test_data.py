@@ -16,7 +16,10 @@ import torch
 from PIL import Image
 
 from fpa_core import data
-from fpa_core.data import DATASETS, DatasetNotFoundError, UnsafeArchiveError, load_images, main, prepare, safe_extract
+from fpa_core.archives import UnsafeArchiveError, safe_extract
+from fpa_core.data import DatasetNotFoundError, load_images
+from fpa_core.dataset_tool import main, prepare
+from fpa_core.datasets import DATASETS
 from fpa_core.images import to_tensor
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -277,7 +280,7 @@ def test_a_missing_named_dataset_says_where_it_looked_and_how_to_get_it(name, ro
     assert isinstance(caught.value, FileNotFoundError)
     assert str(roots[0] / name) in message and str(roots[0] / f"{name}.zip") in message
     assert DATASETS[name].url in message and "https://" in message
-    assert f"python -m fpa_core.data prepare {name} --src" in message
+    assert f"python -m fpa_core.dataset_tool prepare {name} --src" in message
 
 
 def test_the_download_pages_are_the_official_ones():
@@ -318,7 +321,7 @@ def test_a_file_that_is_no_zip_is_refused(tmp_path):
 
 def cli(*args, env_roots):
     env = {**os.environ, "FPA_DATA_ROOT": str(env_roots[0]), "FPA_CACHE_DIR": str(env_roots[1].parent)}
-    return subprocess.run([sys.executable, "-m", "fpa_core.data", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fpa_core.dataset_tool", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 
@@ -341,6 +344,10 @@ def test_cli_misuse_exits_2_with_one_message(tmp_path, roots):
     result = cli("prepare", "ffhq", "--src", str(tmp_path), env_roots=roots)
     assert result.returncode == 2 and "invalid choice: 'ffhq'" in result.stderr and result.stdout == ""
     assert result.stderr.count("error:") == 1
+    env = {**os.environ, "FPA_DATA_ROOT": str(roots[0]), "FPA_CACHE_DIR": str(roots[1].parent)}
+    old_name = subprocess.run([sys.executable, "-m", "fpa_core.data", "prepare", "ffhq", "--src", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120, env=env)  # kept for one release
+    assert old_name.returncode == 2 and "invalid choice: 'ffhq'" in old_name.stderr
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -348,7 +355,7 @@ def test_cli_misuse_exits_2_with_one_message(tmp_path, roots):
     (["prepare", "afhq-cat", "--src", "/no/such/afhq.zip"], "--src /no/such/afhq.zip: no such file or folder"),
     (["info", "digits", "--resolution", "0"], "must be a positive integer"),
     (["info", "ffhq"], "unknown dataset 'ffhq'"),
-    (["info", "celeba"], "python -m fpa_core.data prepare celeba"),
+    (["info", "celeba"], "python -m fpa_core.dataset_tool prepare celeba"),
     ([], "the following arguments are required"),
 ])
 def test_cli_misuse_exits_2(argv, expected, capsys):

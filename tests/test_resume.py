@@ -99,10 +99,13 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
     original = json.loads((storage / "short" / "summary.json").read_text())
 
     def resume(*args):
-        return subprocess.run([sys.executable, "sweeps/resume.py", *args, *common], capture_output=True, text=True,
-                              timeout=600, cwd=ROOT)
+        return subprocess.run([sys.executable, "sweeps/continue_best.py", *args, *common], capture_output=True,
+                              text=True, timeout=600, cwd=ROOT)
 
     assert resume("--sweep", "nope", "--steps", "9").returncode == 2
+    old_name = subprocess.run([sys.executable, "sweeps/resume.py", "--sweep", "nope", "--steps", "9", *common],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)  # kept for one release
+    assert old_name.returncode == 2 and "no finished sweep named 'nope'" in old_name.stderr, old_name.stderr
     assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
     assert "does not go beyond" in resume("--sweep", "short", "--steps", "6").stderr
     assert "already exists" in resume("--sweep", "short", "--steps", "9", "--name", "short").stderr
@@ -131,7 +134,7 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
 def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folder):
     """What Ray saved is older than the study: the new bridge trusts the study, and hands a trial that Ray
     never saved to the next Ray trial, in the same folder and MLflow run."""
-    from sweeps.search import OptunaBridge
+    from sweeps.study import OptunaBridge
     from sweeps.space import load_sweep
     from sweeps.tracking import SweepTracker
 

@@ -1,0 +1,179 @@
+"""The Optuna study of a sweep: created or found, asked for trials, told how they ended, and consulted after
+every evaluation a trial reports on whether it stops (its pruner, from ``sweeps.pruning``).
+
+``OptunaBridge`` is the sweep's trial book (``sweeps.trials``) backed by the study, keyed by trial name
+(``trial_<Optuna number>``), never by Ray's trial id: after a driver dies, a trial it had asked Optuna for
+but Ray had not yet saved is handed to the next Ray trial (``new_trial``), which continues it in the same
+folder and MLflow run. The study is what a resumed sweep trusts (``reconcile``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fpa_core.config import to_dict
+from sweeps.pruning import make_pruner
+from sweeps.space import SweepSpec, flatten
+from sweeps.sweep import SweepSettings
+from sweeps.tracking import SweepTracker
+from sweeps.trials import TrialBook, TrialRecord, trial_name
+
+log = logging.getLogger(__name__)
+
+_FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
+
+
+def open_study(spec: SweepSpec, settings: SweepSettings) -> optuna.Study:
+    """The sweep's study in its Optuna store (created, or found by name): TPE (multivariate, grouped), the
+    sweep's pruner, and the first trial enqueued when the spec names one."""
+    config = spec.trial_config({})
+    study = optuna.create_study(
+        study_name=settings.name, storage=settings.optuna_storage, direction="minimize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
+        pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps))
+    first = spec.first_params()
+    if first is not None and not study.trials:
+        study.enqueue_trial(first, skip_if_exists=True)
+        origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
+        log.info("the first trial is %s: %s", origin, first)
+    return study
+
+
+class OptunaBridge(TrialBook):
+    """The study and the sweep's trials, keyed by name (``trial_<Optuna number>``), never by Ray's trial id:
+    after a driver dies, a trial it had asked Optuna for but Ray had not yet saved is handed to the next
+    Ray trial (``new_trial``), which continues it in the same folder and MLflow run."""
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study, tracker: SweepTracker, parent_id: str, sweep: str,
+                 trial_context: dict[str, Any]):
+        self.spec, self.study, self.tracker, self.parent_id, self.sweep = spec, study, tracker, parent_id, sweep
+        self.trial_context = trial_context  # what every trial needs besides its config (tracking, storage)
+        self.records: dict[str, TrialRecord] = {}
+        self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
+        self.best: tuple[float, str] | None = None
+        self.reports = 0
+        config = spec.trial_config({})
+        self.metric = config.fid.metric  # what the study minimises
+        self.max_steps = config.steps  # the last evaluation is never pruned
+
+    # -- the searcher's side ------------------------------------------------------------------------------
+
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any]:
+        record = self._record(ray_trial_id)
+        if record is None:
+            record = self._orphan() or self._ask()
+            record.ray_trial_id = ray_trial_id
+        return self._trial_config(record)
+
+    def _ask(self) -> TrialRecord:
+        # Each write makes the trial recoverable should the driver die right after it: the study keeps
+        # its name and parameters first, then the MLflow run (found again by name), then the run's id.
+        trial = self.study.ask()
+        params = self.spec.sample(trial)
+        name = trial_name(trial.number)
+        trial.set_user_attr("fpa.trial", name)
+        trial.set_user_attr("fpa.params", params)
+        record = TrialRecord(name, trial.number, self._child_run(name, params, trial.number), params, self.metric)
+        trial.set_user_attr("mlflow_run_id", record.run_id)
+        self.records[name], self._live[name] = record, trial
+        log.info("%s (Optuna #%d): %s", name, trial.number, params)
+        return record
+
+    def _child_run(self, name: str, params: dict[str, Any], number: int) -> str:
+        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(to_dict(self.spec.trial_config(params))),
+                                      tags={"fpa.optuna_trial": str(number)})
+
+    def _orphan(self) -> TrialRecord | None:
+        """A running trial that no Ray trial holds: asked for by a driver that died before Ray saved it."""
+        orphans = [r for r in self.records.values() if r.state == "RUNNING" and r.ray_trial_id is None]
+        if not orphans:
+            return None
+        record = min(orphans, key=lambda r: r.number)
+        log.info("%s continues where the previous driver left it", record.trial_id)
+        return record
+
+    def _trial_config(self, record: TrialRecord) -> dict[str, Any]:
+        return {"train": to_dict(self.spec.trial_config(record.params)), "run_id": record.run_id,
+                "trial_id": record.trial_id, **self.trial_context}
+
+    def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
+        """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
+        that dies in between leaves the trial running there, and it ends again, the same way or better."""
+        super()._finish(record, state, tags)
+        if state == "COMPLETE":
+            self._tell(record, value=record.best_value, state=TrialState.COMPLETE)
+        else:
+            self._tell(record, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
+
+    # -- the scheduler's side -----------------------------------------------------------------------------
+
+    def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
+        """Record a reported evaluation; True when the trial stops (pruned now, or finished in the study already)."""
+        record = self._record(ray_trial_id)
+        if record is None:
+            return False
+        if record.state != "RUNNING":  # e.g. pruned by a driver that died before Ray saved the decision
+            return True
+        if self.metric not in result:
+            return False
+        record.note(result)
+        step, value = int(result["step"]), float(result[self.metric])
+        if not math.isfinite(value):
+            return False
+        trial = self._trial(record)
+        trial.report(value, step)  # a step reported before a restart is kept as it was
+        self._seen(record, value)
+        if step >= self.max_steps or not trial.should_prune():
+            return False
+        self._finish(record, "PRUNED", {"fpa.pruned_at_step": step})
+        log.info("%s pruned at step %d (%s %.4g)", record.trial_id, step, self.metric.upper(), value)
+        return True
+
+    def _trial(self, record: TrialRecord) -> optuna.trial.Trial:
+        if record.trial_id not in self._live:  # a trial of a resumed sweep: rebuild its handle from the study
+            frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == record.number)
+            self._live[record.trial_id] = optuna.trial.Trial(self.study, frozen._trial_id)
+        return self._live[record.trial_id]
+
+    def _tell(self, record: TrialRecord, value: float | None = None, state: TrialState = TrialState.COMPLETE) -> None:
+        try:
+            self.study.tell(record.number, value, state=state)
+        except (ValueError, RuntimeError) as e:  # already finished in the study (a resumed sweep)
+            log.warning("Optuna trial #%d: %s", record.number, e)
+
+    # -- state, saved with Ray's experiment --------------------------------------------------------------
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Ray's saved state of the sweep, brought up to date with the study, which a dead driver may have
+        changed after Ray's last save."""
+        super().set_state(state)
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Take each trial's state and FIDs from the study; adopt the study's trials Ray never saved."""
+        by_number = {r.number: r for r in self.records.values()}
+        for frozen in self.study.get_trials(deepcopy=False):
+            record = by_number.get(frozen.number)
+            if record is None:
+                attrs = frozen.user_attrs
+                if frozen.state == TrialState.WAITING:  # enqueued, not asked for yet
+                    continue
+                if "fpa.params" not in attrs:  # asked for by a driver that died before it kept the parameters
+                    if frozen.state == TrialState.RUNNING:
+                        self.study.tell(frozen.number, state=TrialState.FAIL)
+                    continue
+                name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
+                run_id = attrs.get("mlflow_run_id") or self._child_run(name, params, frozen.number)
+                record = TrialRecord(name, frozen.number, run_id, params, self.metric)
+                self.records[name] = record
+            for step, value in frozen.intermediate_values.items():
+                record.note({"step": step, self.metric: value})
+            if frozen.state in _FINISHED:
+                record.state = _FINISHED[frozen.state]
+            if record.best_value is not None and (self.best is None or record.best_value < self.best[0]):
+                self.best = (record.best_value, record.trial_id)

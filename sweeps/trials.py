@@ -1,0 +1,172 @@
+"""A sweep's trials as records: names, parameters, evaluations, states and the best value so far.
+
+Nothing here talks to Ray, Optuna or MLflow. A ``TrialBook`` keeps the records of one run of the sweep's
+trials and tells its ``tracker`` (``sweeps.tracking.SweepTracker``) when a trial ends and when the sweep
+has a new best; ``sweeps.study.OptunaBridge`` adds the Optuna study, ``FixedTrials`` runs trials planned in
+advance. Ray Tune sees either through ``sweeps.ray_tune``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from fpa_core.metrics import SCORES, best_evaluation
+
+log = logging.getLogger(__name__)
+
+
+class TrialListener(Protocol):
+    """What a trial book tells (sweeps.tracking.SweepTracker writes it to MLflow)."""
+
+    def new_best(self, parent_id: str, metric: str, value: float, evaluations_seen: int) -> None: ...
+
+    def trial_ended(self, record: TrialRecord, state: str, tags: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str  # the trial's name, trial_<Optuna number>: its folder, its MLflow run name, its key
+    number: int  # the Optuna trial
+    run_id: str  # the MLflow child run
+    params: dict[str, Any]  # the sampled parameters (dotted paths)
+    metric: str = "fid"  # what the sweep minimises: fid or kid
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid", "kid", ...}, by step
+    state: str = "RUNNING"  # RUNNING, COMPLETE, PRUNED, ERROR
+    steps: int = 0
+    placement: dict[str, Any] = field(default_factory=dict)  # node and accelerators the trial ran on
+    ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
+
+    @property
+    def best(self) -> dict[str, float] | None:
+        """The evaluation with the lowest value of the sweep's metric."""
+        return best_evaluation(self.evaluations, self.metric)
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best[self.metric] if self.best else None
+
+    @property
+    def best_fid(self) -> float | None:
+        """The FID of the best evaluation (the lowest FID when the metric is FID)."""
+        return self.best.get("fid") if self.best else None
+
+    @property
+    def fids(self) -> list[list[float]]:
+        return [[e["step"], e["fid"]] for e in self.evaluations if e.get("fid") is not None]
+
+    def note(self, result: dict[str, Any]) -> None:
+        """Take a reported result: the step reached, the scores at that step (once), where the trial ran."""
+        step = int(result.get("step", self.steps))
+        self.steps = max(self.steps, step)
+        if self.metric in result and not any(e["step"] == step for e in self.evaluations):
+            self.evaluations.append({"step": step, **{k: float(result[k]) for k in SCORES if k in result}})
+            self.evaluations.sort(key=lambda e: e["step"])
+        for key in ("node_id", "gpu_ids"):
+            if key in result:
+                self.placement[key] = result[key]
+
+
+def trial_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+class TrialBook:
+    """Trials by name, which Ray trial holds each one, and the best value so far; saved with Ray's experiment."""
+
+    metric: str  # what the sweep minimises: fid or kid
+    sweep: str | None  # the sweep's name; None for trials that are never resumed
+    tracker: TrialListener
+    parent_id: str  # the sweep's MLflow run
+    records: dict[str, TrialRecord]
+    best: tuple[float, str] | None  # (value of the metric, trial) of the best evaluation so far
+    reports: int  # evaluations seen: the step of the parent run's best-so-far curve, which only ever falls
+
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
+        """What the Ray trial ``ray_trial_id`` runs (its config and context); None when every trial has run."""
+        raise NotImplementedError
+
+    def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
+        """Take a result a trial reported; True when the trial stops now."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best, "reports": self.reports}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.reports = state["reports"]
+
+    def _seen(self, record: TrialRecord, value: float) -> None:
+        """One more reported evaluation: the parent's best-so-far curve gets a point when it is a new best."""
+        self.reports += 1
+        if self.best is None or value < self.best[0]:
+            self.best = (value, record.trial_id)
+            self.tracker.new_best(self.parent_id, record.metric, value, self.reports)
+
+    def _record(self, ray_trial_id: str) -> TrialRecord | None:
+        return next((r for r in self.records.values() if r.ray_trial_id == ray_trial_id), None)
+
+    def interrupted(self) -> bool:
+        """After Ray's run: a trial that a Ray trial held but that never ended (Ray stopped on Ctrl-C)."""
+        return any(r.state == "RUNNING" and r.ray_trial_id is not None for r in self.records.values())
+
+    def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        record = self._record(ray_trial_id)
+        if record is None or record.state != "RUNNING":
+            return
+        if result:
+            record.note(result)
+        failed = error or record.best is None  # failed, or stopped before any evaluation
+        self._finish(record, "ERROR" if failed else "COMPLETE")
+
+    def close_out(self) -> None:
+        """At the sweep's end: a trial still RUNNING (its Ray trial lost for good) fails."""
+        for record in self.records.values():
+            if record.state == "RUNNING":
+                self._finish(record, "ERROR", {"fpa.closed_out": True})
+                log.warning("%s never finished: closed out as failed", record.trial_id)
+
+    def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
+        """End a trial: COMPLETE, PRUNED or ERROR, and tell the tracker."""
+        record.state = state
+        self.tracker.trial_ended(record, state, tags or {})
+
+    def attach(self, ray_trial_id: str, name: str | None) -> None:
+        """A Ray trial that Ray restored holds the trial named in its config, whatever the saved state said
+        (Ray saves its trials and the searcher's state one after the other)."""
+        record = self.records.get(name) if name else None
+        if record is not None:
+            record.ray_trial_id = ray_trial_id
+
+
+class FixedTrials(TrialBook):
+    """The bridge's interface for trials planned in advance, e.g. the continuations of a finished sweep's best
+    trials (``sweeps/continue_best.py``): each Ray trial takes the next plan; nothing is sampled or pruned."""
+
+    def __init__(self, plans: list[tuple[TrialRecord, dict[str, Any]]], tracker: TrialListener, parent_id: str,
+                 metric: str):
+        self.metric = metric
+        self.records = {record.trial_id: record for record, _ in plans}
+        self.configs = {record.trial_id: config for record, config in plans}
+        self.tracker, self.parent_id = tracker, parent_id
+        self.sweep = None  # continuations are not resumed: they run again under a new name
+        self.best: tuple[float, str] | None = None
+        self.reports = 0
+
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
+        record = self._record(ray_trial_id) or next((r for r in self.records.values() if r.ray_trial_id is None),
+                                                    None)
+        if record is None:
+            return None  # every plan has run
+        record.ray_trial_id = ray_trial_id
+        return self.configs[record.trial_id]
+
+    def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
+        record = self._record(ray_trial_id)
+        if record is not None and record.metric in result:
+            record.note(result)
+            self._seen(record, float(result[record.metric]))
+        return False
