@@ -19,7 +19,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.sweep import SweepInterrupted, SweepNotFound, resolve_storage, tracking_uri_problems  # noqa: E402
+from sweeps.sweep import (SweepInterrupted, SweepNotFound, read_summary, resolve_storage,  # noqa: E402
+                          tracking_uri_problems)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, "".join(f"{parser.prog}: error: {p}\n" for p in problems))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    root = resolve_storage(args.storage)
+    try:
+        read_summary(root, args.sweep)  # a sweep that is not there is named before Ray and MLflow load
+    except SweepNotFound as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     from sweeps.driver import continue_sweep
 
     try:
-        summary = continue_sweep(args.sweep, resolve_storage(args.storage), top_k=args.top_k, steps=args.steps,
+        summary = continue_sweep(args.sweep, root, top_k=args.top_k, steps=args.steps,
                                  start=args.start, name=args.name, tracking_uri=args.tracking_uri,
                                  address=args.address, cpus_per_trial=args.cpus_per_trial,
                                  max_concurrent=args.max_concurrent)

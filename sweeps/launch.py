@@ -26,8 +26,8 @@ from fpa_core.metrics import METRICS  # noqa: E402
 from sweeps.pruning import PRUNERS  # noqa: E402
 from sweeps.jobs import submit  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
-from sweeps.sweep import (SweepInterrupted, SweepNotFound, new_settings, resolve_storage,  # noqa: E402
-                          tracking_uri_problems)
+from sweeps.sweep import (SweepInterrupted, SweepNotFound, new_settings, read_record,  # noqa: E402
+                          resolve_storage, tracking_uri_problems)
 
 log = logging.getLogger("sweeps.launch")
 
@@ -130,10 +130,15 @@ def _first(*values):
 def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.submit:
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+    root = resolve_storage(args.storage)
+    try:
+        read_record(root, args.resume)  # a sweep that is not there is named before Ray, Optuna and MLflow load
+    except SweepNotFound as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     from sweeps.driver import resume_sweep
 
     try:
-        summary = resume_sweep(args.resume, resolve_storage(args.storage), tracking_uri=args.tracking_uri,
+        summary = resume_sweep(args.resume, root, tracking_uri=args.tracking_uri,
                                optuna_storage=args.optuna_storage, address=args.address)
     except SweepInterrupted as e:
         print(f"\n{e}", file=sys.stderr)

@@ -24,7 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.sweep import read_summary, resolve_storage, resolve_tracking_uri, tracking_uri_problems  # noqa: E402
+from sweeps.sweep import (SweepNotFound, read_summary, resolve_storage, resolve_tracking_uri,  # noqa: E402
+                          tracking_uri_problems)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
 
+    summary = None
+    if args.sweep:  # a sweep that is not there is named before MLflow loads
+        try:
+            summary = read_summary(resolve_storage(args.storage), args.sweep)
+        except SweepNotFound as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -57,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
-        if args.sweep:
-            summary = read_summary(resolve_storage(args.storage), args.sweep)
+        if summary is not None:
             if not summary.get("best"):
                 print(f"nothing to promote: no trial of sweep {args.sweep} reached an FID evaluation")
                 return 0

@@ -134,23 +134,33 @@ def _new_tuner(settings: SweepSettings, trainable, bridge: TrialBook) -> tune.Tu
 
 
 def prepare_real_features(config: TrainConfig, settings: SweepSettings, resources: dict[str, float]) -> None:
-    """The real set's Inception features, once, before any trial: as a Ray task with one trial's GPUs (if
-    any) and the CPUs of all the sweep's slots, which no trial uses yet. Without it the first trials would
-    compute the same features at once, each on its own share of the machine. A task runs on one node: at most
-    the CPUs of the largest node that can hold a trial."""
+    """The real set's Inception features, once, before any trial, with the CPUs of all the sweep's slots, which
+    no trial uses yet. Without it the first trials would compute the same features at once, each on its own
+    share of the machine. On a one-node cluster that is this machine, trials without GPUs, the driver computes
+    them itself (no process to start); elsewhere a Ray task with one trial's GPUs does, on one node: at most the
+    CPUs of the largest node that can hold a trial."""
     per_trial = resources.get("cpu", 1)
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) >= resources.get("gpu", 0)]
-    largest = max((node.get("CPU", 0) for node in nodes), default=per_trial)
-    cpus = max(per_trial, min(largest, _slots(settings, resources) * per_trial))
-    task = ray.remote(_prepare_task).options(num_cpus=cpus, num_gpus=resources.get("gpu", 0))
     log.info("the real images' features (%s, %dx%d, %d-d), once for every trial", config.data.dataset,
              config.data.resolution, config.data.resolution, config.fid.dims)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if not resources.get("gpu") and len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
+        threads = max(1, int(min(nodes[0]["Resources"].get("CPU", 1), _slots(settings, resources) * per_trial)))
+        _prepare_task(to_dict(config), settings.folder, threads, device="cpu")
+        return
+    fit = [n["Resources"] for n in nodes if n["Resources"].get("GPU", 0) >= resources.get("gpu", 0)]
+    largest = max((node.get("CPU", 0) for node in fit), default=per_trial)
+    cpus = max(per_trial, min(largest, _slots(settings, resources) * per_trial))
+    task = ray.remote(_prepare_task).options(num_cpus=cpus, num_gpus=resources.get("gpu", 0))
     ray.get(task.remote(to_dict(config), settings.folder, max(1, int(cpus))))
 
 
-def _prepare_task(config: dict[str, Any], out: str, threads: int) -> None:
+def _prepare_task(config: dict[str, Any], out: str, threads: int, device: str = "auto") -> None:
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    _prepare_features(build_config(config), out)
+    try:
+        _prepare_features(build_config(config), out, device=device)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _slots(settings: SweepSettings, resources: dict[str, float]) -> int:

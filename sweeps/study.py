@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +33,8 @@ def open_study(spec: SweepSpec, settings: SweepSettings) -> optuna.Study:
     """The sweep's study in its Optuna store (created, or found by name): TPE (multivariate, grouped), the
     sweep's pruner, and the first trial enqueued when the spec names one."""
     config = spec.trial_config({})
+    if settings.optuna_storage.startswith("sqlite:///"):  # SQLite makes the file, not its folder
+        Path(settings.optuna_storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=settings.name, storage=settings.optuna_storage, direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),

@@ -88,8 +88,7 @@ def resolve_optuna_storage(flag: str | None, root: str, name: str) -> str:
     if flag or os.environ.get("FPA_OPTUNA_STORAGE"):
         return flag or os.environ["FPA_OPTUNA_STORAGE"]
     folder = Path(root, name) if not storage.is_s3(root) else Path("sweeps_out", name).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
+    return f"sqlite:///{folder / 'optuna.db'}"  # its folder is made when the study is opened
 
 
 def redact(uri: str | None) -> str | None:

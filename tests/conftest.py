@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -122,12 +126,54 @@ def sweep_file(tmp_path: Path, dataset: Path, space: dict, **fixed) -> str:
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(_ray_shut_down_at_the_end):
+    """A local Ray with 2 CPUs in this process, kept up for the next test that asks for it (starting one takes
+    seconds). A test that needs a Ray of its own calls ``own_ray()`` first."""
     import ray
 
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+
+
+@pytest.fixture
+def fresh_ray():
+    """A local Ray of its own, started after the fixtures before it (its workers see the environment they set,
+    e.g. an S3 endpoint), stopped after the test."""
+    import ray
+
+    own_ray()
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+def own_ray() -> None:
+    """Stop the shared local Ray, so that a test can start the cluster it needs."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _ray_shut_down_at_the_end():
+    yield
+    own_ray()
+
+
+def tracking_db(folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of a SQLite MLflow store in ``folder``, new unless it is there: a copy of one that MLflow set up
+    once this session (its schema migrations take a second or more per new store)."""
+    template = Path(os.environ["FPA_CACHE_DIR"]).parent / "mlflow-template.db"
+    if not template.is_file():
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / name).exists():  # a store already there is the test's own: kept
+        shutil.copyfile(template, folder / name)
+    return f"sqlite:///{folder / name}"
 
 
 def settings(tmp_path: Path, **kwargs):
@@ -135,7 +181,8 @@ def settings(tmp_path: Path, **kwargs):
     from sweeps.sweep import new_settings
 
     base = dict(name=f"sweep-{uuid.uuid4().hex[:6]}", storage=str(tmp_path / "sweeps_out"),
-                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", num_trials=4, pruner="none", seed=0)
+                tracking_uri=kwargs.pop("tracking_uri", None) or tracking_db(tmp_path), num_trials=4, pruner="none",
+                seed=0)
     return new_settings(**{**base, **kwargs})
 
 
@@ -189,6 +236,18 @@ def postgres_databases():
         _postgres_database(name, create=False)
 
 
+def run_main(main, *args) -> SimpleNamespace:
+    """A command line's ``main(argv)`` run in this process, without a new interpreter (the same parser, checks
+    and messages): its returncode, stdout and stderr, as ``subprocess.run`` gives them."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def run_launch(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "sweeps/launch.py", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
@@ -197,7 +256,9 @@ def run_launch(*args, timeout=120, env=None):
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A real Ray head with its dashboard and job server, as `ray start --head` makes one."""
+    """A real Ray head with its dashboard and job server, as `ray start --head` makes one. Its `ray stop` stops
+    every Ray on this machine, so the shared local Ray goes first."""
+    own_ray()
     dashboard = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     # The job's `python` is the head's: this virtualenv's, as a cluster image's would be its own.

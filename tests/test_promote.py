@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_launch, settings, sweep_file
+from conftest import run_main, settings, sweep_file, tracking_db
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint
@@ -20,6 +20,8 @@ from fpa_core.unet import RefinedGenerator
 pytest.importorskip("ray")
 
 from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
+from sweeps.launch import main as launch_main  # noqa: E402
+from sweeps.promote import main as promote_main  # noqa: E402
 from sweeps.registry import model_name, promote  # noqa: E402
 from sweeps.space import load_sweep  # noqa: E402
 
@@ -27,8 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_promote(*args):
-    return subprocess.run([sys.executable, "sweeps/promote.py", *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    return run_main(promote_main, *args)  # in this process: MLflow is imported once
 
 
 def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
@@ -115,7 +116,7 @@ def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with
             "pictures": {"samples": 4, "paintings": 1}, "steps": 4, "device": "cpu"}
     out = tmp_path / "run"
     Trainer(load_config("digits", tiny), str(out)).train()
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = tracking_db(tmp_path)
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(client.create_experiment("fpa-images")).info.run_id
     best, latest = str(out / "checkpoints" / "best.pt"), str(out / "checkpoints" / "latest-00000002.pt")
@@ -135,12 +136,12 @@ def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with
 
 
 def test_promote_and_resume_reject_bad_input(tmp_path):
-    flags = ["--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    flags = ["--storage", str(tmp_path), "--tracking-uri", tracking_db(tmp_path, "m.db")]
     missing = run_promote("--sweep", "nope", *flags)
     assert missing.returncode == 2 and "nope" in missing.stderr
     assert run_promote("--sweep", "nope", "--evaluate", "1", *flags).returncode == 2
     assert run_promote(*flags).returncode == 2  # --sweep or --run is required
-    assert run_launch("--dataset", "digits", "--base", "champion").returncode == 2  # --base needs --stage unet
+    assert run_main(launch_main, "--dataset", "digits", "--base", "champion").returncode == 2  # needs --stage unet
     bad_model = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--model", "models:/fpa-nope@champion",
                                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "p")],
                                capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import child_runs, run_launch, sweep_file
+from conftest import child_runs, run_launch, run_main, sweep_file, tracking_db
 from mlflow.tracking import MlflowClient
 
 psutil = pytest.importorskip("psutil")
+
+from sweeps.continue_best import main as continue_best_main  # noqa: E402
+from sweeps.launch import main as launch_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,7 @@ def _logged_steps(folder: Path) -> list[int]:
 
 def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=12, log_every=1)
-    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
     root = storage / "killed"
     driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "killed",
@@ -60,10 +63,10 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     before = {f.name: max(_logged_steps(f), default=0) for f in _trial_folders(root)}
     assert not (root / "summary.json").exists()
 
-    assert run_launch("--resume", "nope", *common).returncode == 2
-    missing = run_launch("--resume", "nope", *common)
+    missing = run_main(launch_main, "--resume", "nope", *common)  # bad input, in this process
+    assert missing.returncode == 2
     assert "killed" in missing.stderr and "nope" in missing.stderr  # names the sweeps that exist
-    assert run_launch("--resume", "killed", "--num-trials", "9", *common).returncode == 2
+    assert run_main(launch_main, "--resume", "killed", "--num-trials", "9", *common).returncode == 2
 
     result = run_launch("--resume", "killed", *common, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -91,16 +94,15 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
 
 def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
-    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
     first = run_launch("--dataset", sweep, "--name", "short", "--num-trials", "2", "--pruner", "none", *common,
                        timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     original = json.loads((storage / "short" / "summary.json").read_text())
 
-    def resume(*args):
-        return subprocess.run([sys.executable, "sweeps/continue_best.py", *args, *common], capture_output=True,
-                              text=True, timeout=600, cwd=ROOT)
+    def resume(*args):  # bad input, in this process: it ends before Ray starts
+        return run_main(continue_best_main, *args, *common)
 
     assert resume("--sweep", "nope", "--steps", "9").returncode == 2
     old_name = subprocess.run([sys.executable, "sweeps/resume.py", "--sweep", "nope", "--steps", "9", *common],
@@ -109,7 +111,8 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
     assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
     assert "does not go beyond" in resume("--sweep", "short", "--steps", "6").stderr
     assert "already exists" in resume("--sweep", "short", "--steps", "9", "--name", "short").stderr
-    result = resume("--sweep", "short", "--top-k", "1", "--steps", "9", "--name", "longer")
+    result = subprocess.run([sys.executable, "sweeps/continue_best.py", "--sweep", "short", "--top-k", "1", "--steps",
+                             "9", "--name", "longer", *common], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((storage / "longer" / "summary.json").read_text())
@@ -139,7 +142,7 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     from sweeps.tracking import SweepTracker
 
     spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16, 32]}))
-    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.dataset)
+    tracker = SweepTracker(tracking_db(tmp_path), spec.dataset)
     parent = tracker.start_parent("s", {}, {})
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
 
@@ -181,7 +184,7 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
 
 def test_ctrl_c_leaves_a_sweep_that_resumes(tmp_path, image_folder):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
-    storage, tracking = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
     root = storage / "interrupted"
     driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "interrupted",

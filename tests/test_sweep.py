@@ -12,11 +12,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from fpa_core import storage
-from conftest import child_runs, run_launch, settings, sweep_file
+from conftest import child_runs, own_ray, run_launch, run_main, settings, sweep_file, tracking_db
 
 ray = pytest.importorskip("ray")
 
 from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
+from sweeps.launch import main as launch_main  # noqa: E402
 from sweeps.space import load_sweep  # noqa: E402
 
 
@@ -59,40 +60,6 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
     assert not any("password" in json.dumps(p).lower() for p in (run.data.params, run.data.tags))
 
 
-def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
-        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
-    finally:
-        ray.shutdown()
-    assert all(len(t["gpu_ids"]) == 1 for t in summary["trials"])
-    spans = []
-    for t in summary["trials"]:
-        lines = Path(summary["settings"]["storage"], summary["name"], "trials", t["trial_id"],
-                     "metrics.jsonl").read_text().splitlines()
-        times = [json.loads(line)["time"] for line in lines]
-        spans.append((min(times), max(times)))
-    for start, _ in spans:  # at any moment at most two trials hold a GPU
-        assert sum(1 for s, e in spans if s <= start <= e) <= 2
-
-
-def test_a_two_node_cluster_spreads_the_trials(tmp_path, image_folder):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address)
-        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
-        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
-    assert len({t["node_id"] for t in summary["trials"]}) == 2
-
-
 def test_the_pruner_stops_a_clearly_worse_trial(tmp_path, image_folder, local_ray):
     # A painter that does not learn (lr 1e-6) keeps the FID of its initial grey images, clearly worse at
     # every evaluation than one that learns fast (lr 0.05), with the seeds fixed.
@@ -114,24 +81,6 @@ def test_the_pruner_stops_a_clearly_worse_trial(tmp_path, image_folder, local_ra
     assert run.info.status == "KILLED"
 
 
-def test_a_sweep_on_s3_and_an_mlflow_server(tmp_path, image_folder, s3_bucket, mlflow_server, local_ray):
-    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
-    s = settings(tmp_path, num_trials=2, storage=f"s3://{s3_bucket}/sweeps", tracking_uri=mlflow_server,
-                 optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    summary = run_sweep(spec, s)
-    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
-    root = f"s3://{s3_bucket}/sweeps/{s.name}"
-    assert json.loads(storage.read_bytes(f"{root}/summary.json"))["name"] == s.name
-    for t in summary["trials"]:
-        assert "best.pt" in storage.list_names(f"{root}/trials/{t['trial_id']}/checkpoints")
-    assert summary["best"]["checkpoint"].startswith("s3://")
-    import boto3
-
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="mlartifacts/")["Contents"]]
-    assert any(k.endswith(".png") and "/images/samples+step+" in k for k in keys)  # pictures went through the server
-    assert any(k.endswith("fid_vs_step.png") for k in keys)
-
-
 def test_mlflow_and_optuna_on_postgresql(tmp_path, image_folder, local_ray, postgres_databases):
     tracking, optuna_url = postgres_databases
     spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
@@ -142,27 +91,6 @@ def test_mlflow_and_optuna_on_postgresql(tmp_path, image_folder, local_ray, post
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     _, parent, runs = child_runs(tracking, summary)
     assert parent.data.tags["fpa.sweep"] == s.name and len(runs) == 2
-
-
-def test_launch_rejects_bad_input_before_any_work(tmp_path):
-    result = run_launch("--dataset", "ffhq")
-    assert result.returncode == 2 and "ffhq" in result.stderr and "metfaces" in result.stderr
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"dataset": "digits", "base": "digits",
-                                   "space": {"model.rule": ["delta", "hebb"], "model.d_hiden": [1]}}))
-    result = run_launch("--dataset", str(bad))
-    assert result.returncode == 2 and "model.rule" in result.stderr and "model.d_hiden" in result.stderr
-    result = run_launch("--dataset", "digits", "--tracking-uri", "http://admin:hunter2@127.0.0.1:5000")
-    assert result.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in result.stderr
-    assert "hunter2" not in result.stderr
-    result = run_launch("--dataset", "digits", "--num-trials", "0", "--detach")
-    assert result.returncode == 2 and "--num-trials" in result.stderr and "--detach" in result.stderr
-    result = run_launch("--dataset", "digits", "--set", "fid.backbone=inception", "--storage", str(tmp_path / "o"),
-                        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", timeout=300,
-                        env={"FPA_FID_WEIGHTS": str(tmp_path / "missing.pth")})
-    assert result.returncode == 2 and "inception-random" in result.stderr
-    assert not (tmp_path / "o").exists()  # stopped before any trial
-
 
 
 def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run(tmp_path, image_folder, local_ray):
@@ -202,10 +130,84 @@ def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run(tmp_path, i
     assert sorted({m.step for m in client.get_metric_history(trial["run_id"], "fid")}) == evaluations
 
 
+def test_launch_rejects_bad_input_before_any_work(tmp_path):
+    result = run_main(launch_main, "--dataset", "ffhq")
+    assert result.returncode == 2 and "ffhq" in result.stderr and "metfaces" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": "digits", "base": "digits",
+                                   "space": {"model.rule": ["delta", "hebb"], "model.d_hiden": [1]}}))
+    result = run_main(launch_main, "--dataset", str(bad))
+    assert result.returncode == 2 and "model.rule" in result.stderr and "model.d_hiden" in result.stderr
+    result = run_main(launch_main, "--dataset", "digits", "--tracking-uri", "http://admin:hunter2@127.0.0.1:5000")
+    assert result.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in result.stderr
+    assert "hunter2" not in result.stderr
+    result = run_main(launch_main, "--dataset", "digits", "--num-trials", "0", "--detach")
+    assert result.returncode == 2 and "--num-trials" in result.stderr and "--detach" in result.stderr
+    result = run_launch("--dataset", "digits", "--set", "fid.backbone=inception", "--storage", str(tmp_path / "o"),
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", timeout=300,
+                        env={"FPA_FID_WEIGHTS": str(tmp_path / "missing.pth")})
+    assert result.returncode == 2 and "inception-random" in result.stderr
+    assert not (tmp_path / "o").exists()  # stopped before any trial
+
+
+def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
+    own_ray()
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
+    finally:
+        ray.shutdown()
+    assert all(len(t["gpu_ids"]) == 1 for t in summary["trials"])
+    spans = []
+    for t in summary["trials"]:
+        lines = Path(summary["settings"]["storage"], summary["name"], "trials", t["trial_id"],
+                     "metrics.jsonl").read_text().splitlines()
+        times = [json.loads(line)["time"] for line in lines]
+        spans.append((min(times), max(times)))
+    for start, _ in spans:  # at any moment at most two trials hold a GPU
+        assert sum(1 for s, e in spans if s <= start <= e) <= 2
+
+
+def test_a_two_node_cluster_spreads_the_trials(tmp_path, image_folder):
+    from ray.cluster_utils import Cluster
+
+    own_ray()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+        summary = run_sweep(spec, settings(tmp_path, num_trials=4))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    assert len({t["node_id"] for t in summary["trials"]}) == 2
+
+
+def test_a_sweep_on_s3_and_an_mlflow_server(tmp_path, image_folder, s3_bucket, mlflow_server, fresh_ray):
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+    s = settings(tmp_path, num_trials=2, storage=f"s3://{s3_bucket}/sweeps", tracking_uri=mlflow_server,
+                 optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    summary = run_sweep(spec, s)
+    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
+    root = f"s3://{s3_bucket}/sweeps/{s.name}"
+    assert json.loads(storage.read_bytes(f"{root}/summary.json"))["name"] == s.name
+    for t in summary["trials"]:
+        assert "best.pt" in storage.list_names(f"{root}/trials/{t['trial_id']}/checkpoints")
+    assert summary["best"]["checkpoint"].startswith("s3://")
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="mlartifacts/")["Contents"]]
+    assert any(k.endswith(".png") and "/images/samples+step+" in k for k in keys)  # pictures went through the server
+    assert any(k.endswith("fid_vs_step.png") for k in keys)
+
+
 def test_submit_runs_the_sweep_as_a_ray_job(tmp_path, image_folder, ray_head):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
     common = ["--dataset", sweep, "--num-trials", "2", "--pruner", "none", "--storage", str(tmp_path / "out"),
-              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+              "--tracking-uri", tracking_db(tmp_path)]
     result = run_launch(*common, "--name", "submitted", "--submit", ray_head, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
