@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = new_settings(
         name, storage=args.storage, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage,
-        num_trials=args.num_trials or spec.num_trials or 20, max_concurrent=args.max_concurrent, max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
+        num_trials=_first(args.num_trials, spec.num_trials, 20), max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1), seed=args.seed,
         address=args.address, profile=args.profile, stage=args.stage, base=args.base if args.stage == "unet" else None,
         metric=_first(args.metric, spec.metric, "fid"))
