@@ -20,7 +20,7 @@ from fpa_core.unet import fpa_of
 from sweeps import ray_tune
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec, flatten, spec_from_dict
-from sweeps.study import OptunaBridge, open_study
+from sweeps.study import OptunaBridge, open_store, open_study
 from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, recorded_settings, redact,
                           sweep_exists, sweep_folder, trial_folder, write_record, write_summary)
 from sweeps.tracking import SweepTracker, ui_command
@@ -99,10 +99,11 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict())
         if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
             tracker.log_metric(parent_id, "base_fid", base["fid"], base["step"])
-    study = open_study(spec, settings)
+    store = open_store(settings)
+    study = open_study(spec, settings, config, store)
 
     ray_tune.prepare_real_features(config, settings, resources)
-    bridge = OptunaBridge(spec, study, tracker, parent_id, settings.name, _trial_context(settings))
+    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings.name, _trial_context(settings), config)
     _run_trials(settings, bridge, resources, tracker, resume=resume)
     return _finish(spec, settings, bridge, tracker, config.fid.backbone == "inception", base)
 
@@ -155,7 +156,7 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
         run_id = tracker.start_child(parent_id, name, trial["trial_id"], {
             **flatten(config), "fpa.continues_run": trial["run_id"]}, tags={
             "fpa.continues_run": trial["run_id"], "fpa.continues_checkpoint": origin, "fpa.continues_sweep": sweep})
-        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"], metric)
+        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"], metric, config=config)
         plans.append((record, {"train": config, "run_id": run_id, "trial_id": record.trial_id, "init_from": origin,
                                **context}))
         log.info("%s continues from %s (best %s %.4g) to step %d", record.trial_id, origin, metric.upper(),
@@ -217,7 +218,7 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
         trial_out = trial_folder(settings.folder, winner.trial_id)
         best = {"trial_id": winner.trial_id, "value": winner.best_value, "fid": winner.best_fid,
                 "kid": winner.best.get("kid"), "step": winner.best["step"], "run_id": winner.run_id,
-                "params": winner.params, "config": to_dict(spec.trial_config(winner.params)),
+                "params": winner.params, "config": winner.config or to_dict(spec.trial_config(winner.params)),
                 "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(settings.tracking_uri),
             "parent_run_id": bridge.parent_id, "metric": bridge.metric, "fid_calibrated": calibrated,

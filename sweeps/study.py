@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fpa_core.config import to_dict
+from fpa_core.train_config import TrainConfig
 from sweeps.pruning import make_pruner
 from sweeps.space import SweepSpec, flatten
 from sweeps.sweep import SweepSettings
@@ -29,14 +30,20 @@ log = logging.getLogger(__name__)
 _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
 
 
-def open_study(spec: SweepSpec, settings: SweepSettings) -> optuna.Study:
-    """The sweep's study in its Optuna store (created, or found by name): TPE (multivariate, grouped), the
-    sweep's pruner, and the first trial enqueued when the spec names one."""
-    config = spec.trial_config({})
+def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
+    """The sweep's Optuna database (--optuna-storage)."""
     if settings.optuna_storage.startswith("sqlite:///"):  # SQLite makes the file, not its folder
         Path(settings.optuna_storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(settings.optuna_storage)
+
+
+def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
+               store: optuna.storages.BaseStorage) -> optuna.Study:
+    """The sweep's study in its Optuna ``store`` (created, or found by name): TPE (multivariate, grouped),
+    the sweep's pruner (for ``config``'s evaluations: the spec's trial config without sampled parameters),
+    and the first trial enqueued when the spec names one."""
     study = optuna.create_study(
-        study_name=settings.name, storage=settings.optuna_storage, direction="minimize", load_if_exists=True,
+        study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
         pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps))
     first = spec.first_params()
@@ -52,15 +59,17 @@ class OptunaBridge(TrialBook):
     after a driver dies, a trial it had asked Optuna for but Ray had not yet saved is handed to the next
     Ray trial (``new_trial``), which continues it in the same folder and MLflow run."""
 
-    def __init__(self, spec: SweepSpec, study: optuna.Study, tracker: SweepTracker, parent_id: str, sweep: str,
-                 trial_context: dict[str, Any]):
-        self.spec, self.study, self.tracker, self.parent_id, self.sweep = spec, study, tracker, parent_id, sweep
+    def __init__(self, spec: SweepSpec, study: optuna.Study, store: optuna.storages.BaseStorage,
+                 tracker: SweepTracker, parent_id: str, sweep: str, trial_context: dict[str, Any],
+                 config: TrainConfig):
+        """``store``: the study's storage; ``config``: the spec's trial config without sampled parameters."""
+        self.spec, self.study, self.store = spec, study, store
+        self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
         self.trial_context = trial_context  # what every trial needs besides its config (tracking, storage)
         self.records: dict[str, TrialRecord] = {}
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
         self.reports = 0
-        config = spec.trial_config({})
         self.metric = config.fid.metric  # what the study minimises
         self.max_steps = config.steps  # the last evaluation is never pruned
 
@@ -81,14 +90,16 @@ class OptunaBridge(TrialBook):
         name = trial_name(trial.number)
         trial.set_user_attr("fpa.trial", name)
         trial.set_user_attr("fpa.params", params)
-        record = TrialRecord(name, trial.number, self._child_run(name, params, trial.number), params, self.metric)
+        config = to_dict(self.spec.trial_config(params))  # built once: it travels with the record
+        record = TrialRecord(name, trial.number, self._child_run(name, config, trial.number), params, self.metric,
+                             config=config)
         trial.set_user_attr("mlflow_run_id", record.run_id)
         self.records[name], self._live[name] = record, trial
         log.info("%s (Optuna #%d): %s", name, trial.number, params)
         return record
 
-    def _child_run(self, name: str, params: dict[str, Any], number: int) -> str:
-        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(to_dict(self.spec.trial_config(params))),
+    def _child_run(self, name: str, config: dict[str, Any], number: int) -> str:
+        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(config),
                                       tags={"fpa.optuna_trial": str(number)})
 
     def _orphan(self) -> TrialRecord | None:
@@ -101,8 +112,9 @@ class OptunaBridge(TrialBook):
         return record
 
     def _trial_config(self, record: TrialRecord) -> dict[str, Any]:
-        return {"train": to_dict(self.spec.trial_config(record.params)), "run_id": record.run_id,
-                "trial_id": record.trial_id, **self.trial_context}
+        if not record.config:  # a record that Ray saved before configs travelled with records
+            record.config = to_dict(self.spec.trial_config(record.params))
+        return {"train": record.config, "run_id": record.run_id, "trial_id": record.trial_id, **self.trial_context}
 
     def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
         """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
@@ -138,16 +150,15 @@ class OptunaBridge(TrialBook):
         return True
 
     def _trial(self, record: TrialRecord) -> optuna.trial.Trial:
-        if record.trial_id not in self._live:  # a trial of a resumed sweep: rebuild its handle from the study
-            frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == record.number)
-            self._live[record.trial_id] = optuna.trial.Trial(self.study, frozen._trial_id)
+        if record.trial_id not in self._live:  # a trial of a resumed sweep: its handle, rebuilt from the store
+            study_id = self.store.get_study_id_from_name(self.study.study_name)
+            trial_id = self.store.get_trial_id_from_study_id_trial_number(study_id, record.number)
+            self._live[record.trial_id] = optuna.trial.Trial(self.study, trial_id)
         return self._live[record.trial_id]
 
     def _tell(self, record: TrialRecord, value: float | None = None, state: TrialState = TrialState.COMPLETE) -> None:
-        try:
-            self.study.tell(record.number, value, state=state)
-        except (ValueError, RuntimeError) as e:  # already finished in the study (a resumed sweep)
-            log.warning("Optuna trial #%d: %s", record.number, e)
+        # A trial finished in the study already (by a driver that died before Ray saved it) stays as it ended.
+        self.study.tell(record.number, value, state=state, skip_if_finished=True)
 
     # -- state, saved with Ray's experiment --------------------------------------------------------------
 
@@ -171,8 +182,9 @@ class OptunaBridge(TrialBook):
                         self.study.tell(frozen.number, state=TrialState.FAIL)
                     continue
                 name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
-                run_id = attrs.get("mlflow_run_id") or self._child_run(name, params, frozen.number)
-                record = TrialRecord(name, frozen.number, run_id, params, self.metric)
+                config = to_dict(self.spec.trial_config(params))
+                run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
+                record = TrialRecord(name, frozen.number, run_id, params, self.metric, config=config)
                 self.records[name] = record
             for step, value in frozen.intermediate_values.items():
                 record.note({"step": step, self.metric: value})

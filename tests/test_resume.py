@@ -147,7 +147,9 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
 
     def bridge():
-        return OptunaBridge(spec, optuna.load_study(study_name="s", storage=storage_url), tracker, parent, "s", {})
+        store = optuna.storages.RDBStorage(storage_url)
+        return OptunaBridge(spec, optuna.load_study(study_name="s", storage=store), store, tracker, parent, "s", {},
+                            spec.trial_config({}))
 
     optuna.create_study(study_name="s", storage=storage_url)
     dead = bridge()
@@ -172,11 +174,13 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert taken_half["trial_id"] == f"trial_{half.number:04d}" and taken_half["train"]["model"]["d_hidden"] == 32
     fresh = alive.new_trial("ray-f")
     assert fresh["trial_id"] not in {first["trial_id"], lost["trial_id"], taken_half["trial_id"]}
+    assert alive.report("ray-d", {"step": 3, "fid": 12.5}) is False  # its Optuna handle, rebuilt from the store
     alive.complete("ray-d", {"step": 6, "fid": 12.0}, error=False)
     alive.close_out()  # ray-b, ray-e and ray-f never reported: failed, never COMPLETE
     states = {t.number: t.state.name for t in optuna.load_study(study_name="s", storage=storage_url).trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", unnamed.number: "FAIL", half.number: "FAIL",
                       5: "FAIL"}
+    assert optuna.load_study(study_name="s", storage=storage_url).trials[2].intermediate_values == {3: 12.5}
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.data.tags["fpa.trial_id"] for r in children) == sorted(alive.records)  # one run each
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
