@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from fpa_core.rules import RULES, apply_rule
+from fpa_core.rules import PARALLEL_RULES, apply_rule
 
 
 def inputs(n, steps, size, device, requires_grad):
@@ -65,7 +65,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     rows = []
-    for rule in RULES:
+    for rule in PARALLEL_RULES:
         row = {"rule": rule}
         for backward in (False, True):
             key = "fwd_bwd" if backward else "fwd"

@@ -42,9 +42,12 @@ class ModelConfig:
     height: int = 64  # d_value
     width: int = 64  # d_key
     steps: int = 64  # T, the number of painting steps
-    rule: Literal["delta", "additive", "oja"] = "delta"
+    rule: Literal["delta", "additive", "oja", "oja-softmax"] = "delta"  # fpa_core.rules
     output_tanh: bool = True
     parallel: bool = True  # the triangular-solve form of the rule; False runs the reference loop
+    # The first step's learning rate: sigmoid(beta_1), as Eq. 9, or one, as the authors' code does for the
+    # delta rule (W_1 = v_1 (x) k_1; their Oja painter keeps sigmoid(beta_1))
+    first_step_lr: Literal["sigmoid", "one"] = "sigmoid"
 
     def validate(self) -> list[str]:
         errors = []
@@ -108,6 +111,8 @@ class SequenceProcessor(nn.Module):
         self.num_layers, self.d_hidden = cfg.num_layers, cfg.d_hidden
         self.lstm = nn.LSTM(d_input, cfg.d_hidden, cfg.num_layers, batch_first=True)
         self.latent_to_init = nn.Linear(cfg.d_latent, 2 * cfg.num_layers * cfg.d_hidden) if cfg.latent_to_init else None
+        if self.latent_to_init is not None and cfg.input_generator == "v1":  # as the authors' v1 painter
+            nn.init.kaiming_normal_(self.latent_to_init.weight, a=0, mode="fan_in", nonlinearity="leaky_relu")
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         state = None
@@ -165,8 +170,14 @@ class FPAGenerator(nn.Module):
             raise ValueError(f"expected latents of shape (B, {cfg.d_latent}), got {tuple(z.shape)}")
         steps = cfg.steps if steps is None else steps
         x = self.input_generator(z, steps)  # (B, T, d_in')
-        h = self.sequence_processor(x, z)  # (B, T, d_hidden)
-        keys, values, lrs = self.update_net(h)  # (B, T, c, W), (B, T, c, H), (B, T, c)
+        # The LSTM, the update net and the rule run in float32, also under autocast (precision bf16):
+        # cuDNN would run the LSTM in float16 without a gradient scaler, and the rule's keys, values and
+        # learning rates would arrive rounded to bfloat16.
+        with torch.autocast(z.device.type, enabled=False):
+            h = self.sequence_processor(x.float(), z.float())  # (B, T, d_hidden)
+            keys, values, lrs = self.update_net(h)  # (B, T, c, W), (B, T, c, H), (B, T, c)
+        if cfg.first_step_lr == "one":  # W_1 = v_1 (x) k_1, as the authors' delta painters
+            lrs = torch.cat([torch.ones_like(lrs[:, :1]), lrs[:, 1:]], dim=1)
         B, T, c = lrs.shape
 
         def per_channel(t: Tensor) -> Tensor:  # (B, T, c, ...) -> (B * c, T, ...)

@@ -18,8 +18,13 @@ Rules (s_t = sigma(beta_t), k_t = phi(k_t), (x) the outer product):
                                                                         Learning to Program Neural Nets Through
                                                                         Continuous Learning Rules", NeurIPS.
 
-(The authors' fpainter code re-applies softmax to the corrected Oja key; that makes the rule
-non-linear in W. We implement the form above, as published.)
+    oja-softmax  W_t = W_{t-1} + s_t v_t (x) softmax(k_t - W_{t-1}^T v_t)  the authors' code (IDSIA/fpainter,
+                                                                        its only Oja painter, lstm_oja_split_v2):
+                                                                        the corrected key is softmaxed again
+
+``oja`` is the rule as published; ``oja-softmax`` is what the paper trained ("with the Oja rule, we did not
+manage to train any reasonable model on CelebA", Sec. 4.3, refers to it). The second softmax makes the
+update non-linear in W, so oja-softmax has no parallel form: ``apply_rule`` runs its loop.
 
 The parallel form. Every rule writes W_T = sum_t a_t (x) b_t. For delta, a_t = u_t and b_t = k_t with
 
@@ -40,7 +45,8 @@ from torch import Tensor
 
 from fpa_core.threads import one_cpu_thread
 
-RULES = ("delta", "additive", "oja")
+RULES = ("delta", "additive", "oja", "oja-softmax")
+PARALLEL_RULES = ("delta", "additive", "oja")  # the rules with a parallel form
 
 
 def apply_rule(
@@ -58,14 +64,14 @@ def apply_rule(
     canvases[:, t] = W_{t+1}, both (N, T, d_value, d_key).
 
     ``parallel=False`` runs the step-by-step loop (the reference); ``parallel=True``
-    uses one triangular solve (delta, oja) or one matrix product (additive).
+    uses one triangular solve (delta, oja) or one matrix product (additive); oja-softmax always loops.
     The rule is computed in float32 or wider, also under autocast.
     """
     _check_inputs(rule, keys, values, lrs)
     dtype = torch.promote_types(keys.dtype, torch.float32)
     with torch.autocast(keys.device.type, enabled=False):
         keys, values, lrs = keys.to(dtype), values.to(dtype), lrs.to(dtype)
-        if not parallel:
+        if not parallel or rule not in PARALLEL_RULES:
             return _loop(rule, keys, values, lrs, return_steps)
         left, right = _rank1_factors(rule, keys, values, lrs)  # (N, T, d_value), (N, T, d_key)
         if not return_steps:
@@ -135,8 +141,10 @@ def _loop(rule: str, keys: Tensor, values: Tensor, lrs: Tensor, return_steps: bo
             update = _outer(s * (v - _matvec(weights, k)), k)
         elif rule == "additive":
             update = _outer(v, k)
-        else:  # oja
+        elif rule == "oja":
             update = _outer(s * v, k - _matvec(weights.transpose(1, 2), v))
+        else:  # oja-softmax
+            update = _outer(s * v, (k - _matvec(weights.transpose(1, 2), v)).softmax(dim=-1))
         weights = weights + update
         if return_steps:
             updates.append(update)

@@ -78,25 +78,38 @@ class LossConfig:
 class EMAConfig:
     """The EMA copy of G that evaluations and pictures use. At a step s (counted from 1):
 
-        if copy_every and s <= copy_until and s % copy_every == 0:   ema <- G
-        elif s >= start and s % every == 0:                           ema <- beta * ema + (1 - beta) * G
+        if copy_every and s <= copy_until and s % copy_every == copy_offset:   ema <- G
+        elif s >= start and s % every == offset:                               ema <- beta * ema + (1 - beta) * G
 
-    The authors' code: beta 0.995 every 10 steps from step 20 K, and G copied in every 1000 steps up to
-    25 K (at its 0-based steps 2, 1002, ...), so that early evaluations see a recent G.
+    The default averages every 10 steps from the start. The authors' code (``REFERENCE_EMA``, which the
+    Table 3 configs use) averages with beta 0.995 every 10 steps after its 0-based step 20,000 and copies G
+    in at its 0-based steps 2, 1002, ..., 24002, so that early evaluations see a recent G.
     """
 
     beta: float = 0.99
     every: int = 10  # steps between updates
+    offset: int = 0  # the updates fall on the steps s with s % every == offset
     start: int = 0  # the first step that may update it
     copy_every: int = 0  # steps between copies of G into it; 0: never
+    copy_offset: int = 0  # the copies fall on the steps s with s % copy_every == copy_offset
     copy_until: int = 0  # the last step that may copy
 
     def validate(self) -> list[str]:
         errors = [] if 0 <= self.beta < 1 else [f"beta: must be in [0, 1), got {self.beta}"]
-        errors += [f"{n}: must be a positive integer, got {getattr(self, n)}" for n in ("every",)
-                   if getattr(self, n) < 1]
-        return errors + [f"{n}: must be >= 0, got {getattr(self, n)}" for n in ("start", "copy_every", "copy_until")
-                         if getattr(self, n) < 0]
+        if self.every < 1:
+            errors.append(f"every: must be a positive integer, got {self.every}")
+        errors += [f"{n}: must be >= 0, got {getattr(self, n)}" for n in ("start", "copy_every", "copy_until")
+                   if getattr(self, n) < 0]
+        if not 0 <= self.offset < max(self.every, 1):
+            errors.append(f"offset: must be in [0, every = {self.every}), got {self.offset}")
+        if self.copy_every and not 0 <= self.copy_offset < self.copy_every:
+            errors.append(f"copy_offset: must be in [0, copy_every = {self.copy_every}), got {self.copy_offset}")
+        return errors
+
+
+# The authors' schedule in our 1-based steps: their step s is our s + 1.
+REFERENCE_EMA = EMAConfig(beta=0.995, every=10, offset=1, start=20_011, copy_every=1000, copy_offset=3,
+                          copy_until=25_001)
 
 
 @dataclass
@@ -159,6 +172,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:1, ...
+    # fp32, as the authors' code trains; bf16: autocast for D and the U-Net, with G's LSTM, update net
+    # and learning rule in float32 (fpa_core/model.py)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def validate(self) -> list[str]:
         errors = []

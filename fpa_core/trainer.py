@@ -120,6 +120,9 @@ class Trainer:
         self.cfg, self.folder, self.on_evaluation = config, RunFolder(out), on_evaluation
         self.value_range = (float(config.data.range[0]), float(config.data.range[1]))
         self.device = _device(config.device)
+        if config.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision: bf16 needs a GPU with bfloat16 support, and {self.device} has none; "
+                             "use precision: fp32")
         if resume_from is None:
             existing = checkpoint.latest_checkpoints(self.folder.uri("checkpoints"))
             if existing:
@@ -308,9 +311,9 @@ class Trainer:
     def _update_ema(self) -> None:
         """The schedule of EMAConfig (copy, or average, or neither) for the step just taken."""
         ema, step = self.cfg.ema, self.step
-        if ema.copy_every and step <= ema.copy_until and step % ema.copy_every == 0:
+        if ema.copy_every and step <= ema.copy_until and step % ema.copy_every == ema.copy_offset:
             weight = 1.0
-        elif step >= ema.start and step % ema.every == 0:
+        elif step >= ema.start and step % ema.every == ema.offset:
             weight = 1.0 - ema.beta
         else:
             return
@@ -319,8 +322,9 @@ class Trainer:
                 p_ema.lerp_(p, weight)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """precision bf16: autocast (D and the U-Net in bfloat16; G keeps its LSTM, update net and rule in float32)."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # -- evaluation, pictures and checkpoints -----------------------------------------------------------

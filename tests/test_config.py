@@ -18,7 +18,7 @@ def test_every_bad_field_is_named_at_once():
     errors = e.value.errors
     assert len(errors) == 5
     assert any(m.startswith("d_hiden: unknown field; known fields are input_generator") for m in errors)
-    assert "rule: 'hebb' is not allowed; choose one of 'delta', 'additive', 'oja'" in errors
+    assert "rule: 'hebb' is not allowed; choose one of 'delta', 'additive', 'oja', 'oja-softmax'" in errors
     assert "output_tanh: expected true or false, got 'yes' (str)" in errors
     assert "d_latent: expected an integer, got 1.5 (float)" in errors
     assert "steps: must be a positive integer, got 0" in errors

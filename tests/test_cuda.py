@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from fpa_core import FPAGenerator, ModelConfig, apply_rule
-from fpa_core.rules import RULES
+from fpa_core.rules import PARALLEL_RULES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", PARALLEL_RULES)
 def test_parallel_and_loop_agree_on_cuda_with_gradients(rule):
     g = torch.Generator().manual_seed(0)
     leaves = [torch.randn(60, 64, 64, generator=g), torch.randn(60, 64, 64, generator=g) / 8,
@@ -37,3 +37,26 @@ def test_generator_on_cuda_matches_cpu_and_runs_under_bf16():
         out = G(z.cuda())
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out.cpu() - expected).abs().max() < 0.1
+
+
+def test_under_bf16_autocast_on_cuda_the_lstm_the_update_net_and_the_rule_stay_float32():
+    """precision bf16 on a GPU: cuDNN's LSTM would run in float16 under autocast; ours runs in float32."""
+    from fpa_core.discriminator import Discriminator, DiscriminatorConfig
+
+    torch.manual_seed(0)
+    G = FPAGenerator(ModelConfig(d_hidden=256, num_layers=1)).cuda()
+    D = Discriminator(DiscriminatorConfig(fmap_max=32, attn_res_layers=[]), image_size=64).cuda()
+    dtypes = {}
+
+    def keep(name, dtype_of):
+        def hook(module, inputs, output):  # returns None: the output stays as it is
+            dtypes.setdefault(name, dtype_of(output))
+        return hook
+
+    G.sequence_processor.lstm.register_forward_hook(keep("lstm", lambda out: out[0].dtype))
+    G.update_net.register_forward_hook(keep("update_net", lambda out: {t.dtype for t in out}))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        image = G(torch.randn(4, G.config.d_latent, device="cuda"))
+        logits = D(image).logits
+    assert dtypes == {"lstm": torch.float32, "update_net": {torch.float32}}
+    assert image.dtype == torch.float32 and logits.dtype == torch.bfloat16

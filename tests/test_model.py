@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fpa_core import ConfigError, FPAGenerator, ModelConfig
-from fpa_core.presets import PRESETS, TABLE3_PARAMS_M
+from fpa_core.presets import PRESETS, TABLE3_PARAMS_M, TABLE3_TOTAL_M
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -15,7 +15,7 @@ def tiny(**overrides) -> ModelConfig:
 
 
 VARIANTS = list(itertools.product(["v1", "v2"], [False, True], [False, True], ["delta", "additive", "oja"],
-                                  [False, True]))
+                                  [False, True])) + [("v2", False, False, "oja-softmax", True)]  # loop only
 
 
 @pytest.mark.parametrize("version,input_tanh,latent_to_init,rule,output_tanh", VARIANTS)
@@ -62,6 +62,33 @@ def test_parallel_and_loop_generators_agree_with_gradients():
         torch.testing.assert_close(p_parallel.grad, p_loop.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_lstm_is_its_equations_with_the_input_projection_over_all_steps():
+    """nn.LSTM (oneDNN's fused RNN on CPU) against the maths written out: per layer, the input projection
+    of all T steps as one matmul, then c_t = f c_{t-1} + i g, h_t = o tanh(c_t); outputs and gradients."""
+    torch.manual_seed(0)
+    seq = FPAGenerator(tiny(num_layers=2)).sequence_processor
+    lstm, x = seq.lstm, torch.randn(3, 5, seq.lstm.input_size, requires_grad=True)
+    h_seq = x
+    for layer in range(lstm.num_layers):
+        w_hh = getattr(lstm, f"weight_hh_l{layer}")
+        pre = h_seq @ getattr(lstm, f"weight_ih_l{layer}").t() + getattr(lstm, f"bias_ih_l{layer}") \
+            + getattr(lstm, f"bias_hh_l{layer}")  # (B, T, 4 H), every step at once
+        h = c = x.new_zeros(3, lstm.hidden_size)
+        outs = []
+        for t in range(x.shape[1]):
+            i, f, g, o = (pre[:, t] + h @ w_hh.t()).chunk(4, dim=-1)
+            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh()
+            outs.append(h)
+        h_seq = torch.stack(outs, dim=1)  # (B, T, H)
+    ours = seq(x, z=None)
+    torch.testing.assert_close(ours, h_seq, rtol=0, atol=1e-6)
+    grads = torch.autograd.grad(ours.square().sum(), [x, *lstm.parameters()])
+    expected = torch.autograd.grad(h_seq.square().sum(), [x, *lstm.parameters()])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 EXPECTED_COUNTS = {
     "celeba": 13_587_459,
     "metfaces": 219_771_267,
@@ -85,6 +112,26 @@ def test_preset_parameter_counts_match_table3(name):
         assert round(count / 1e6) == 5
     else:
         assert round(count / 1e6) == TABLE3_PARAMS_M[name]
+
+
+def test_afhq_wild_fits_both_of_table3s_counts_only_with_latent_to_init():
+    """With the 64x64 discriminator (12.33 M), every row's generator + D rounds to its "Total Param Count";
+    afhq-wild's does only with latent_to_init on (6.44 + 12.33 = 18.8 -> 19, and 6.44 -> 6), not as printed
+    (5.39 + 12.33 = 17.7 -> 18, and 5.39 -> 5)."""
+    from fpa_core.discriminator import Discriminator
+    from fpa_core.train_config import load_config
+
+    with torch.device("meta"):
+        d_count = sum(p.numel() for p in Discriminator(load_config("afhq-wild").discriminator, 64).parameters())
+
+        def counts(name, **overrides):
+            g = FPAGenerator.from_preset(name, **overrides).num_parameters()
+            return round(g / 1e6), round((g + d_count) / 1e6)
+
+        for name in sorted(set(PRESETS) - {"afhq-wild"}):
+            assert counts(name) == (TABLE3_PARAMS_M[name], TABLE3_TOTAL_M[name]), name
+        assert counts("afhq-wild") == (5, 18)
+        assert counts("afhq-wild", latent_to_init=True) == (TABLE3_PARAMS_M["afhq-wild"], TABLE3_TOTAL_M["afhq-wild"])
 
 
 def test_a_batch_of_one_paints_the_same_image_as_in_a_batch():
@@ -125,3 +172,50 @@ def test_a_bad_config_names_every_field():
         FPAGenerator(tiny(d_hidden=0, steps=-3))
     assert "model.d_hidden: must be a positive integer, got 0" in str(e.value)
     assert "model.steps: must be a positive integer, got -3" in str(e.value)
+
+
+def test_under_bf16_autocast_the_lstm_the_update_net_and_the_rule_run_in_float32():
+    """precision bf16: autocast on, yet the LSTM, the update net's keys, values and learning rates and the
+    painted image are float32; only the input generator's Linear layers run in bfloat16."""
+    torch.manual_seed(0)
+    G = FPAGenerator(tiny(input_generator="v2", latent_to_init=True))
+    dtypes = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            outputs = output if isinstance(output, tuple) else (output,)
+            dtypes[name] = {t.dtype for t in outputs if isinstance(t, torch.Tensor)}
+        return hook
+
+    G.input_generator.register_forward_hook(keep("input_generator"))
+    G.sequence_processor.lstm.register_forward_hook(keep("lstm"))
+    G.sequence_processor.latent_to_init.register_forward_hook(keep("latent_to_init"))
+    G.update_net.register_forward_hook(keep("update_net"))
+    z = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        painting = G.paint(z)
+    assert dtypes["input_generator"] == {torch.bfloat16}
+    assert dtypes["lstm"] == dtypes["latent_to_init"] == dtypes["update_net"] == {torch.float32}
+    assert painting.image.dtype == painting.canvases.dtype == torch.float32
+    torch.testing.assert_close(painting.image, G(z), rtol=0, atol=0.05)  # only the input's rounding differs
+
+
+def test_first_step_lr_one_writes_the_first_value_unscaled_as_the_authors_code():
+    torch.manual_seed(0)
+    eq9 = FPAGenerator(tiny(steps=3))
+    reference = FPAGenerator(tiny(steps=3, first_step_lr="one"))
+    reference.load_state_dict(eq9.state_dict())
+    z = torch.randn(2, 16)
+    a, b = eq9.paint(z), reference.paint(z)
+    assert (b.lrs[:, 0] == 1).all() and torch.equal(b.lrs[:, 1:], a.lrs[:, 1:])
+    v, k = a.values[:, 0], a.keys[:, 0]  # (B, c, H), (B, c, W)
+    torch.testing.assert_close(b.canvases[:, 0], v.unsqueeze(-1) * k.unsqueeze(-2))  # W_1 = v_1 (x) k_1
+    torch.testing.assert_close(a.canvases[:, 0], a.lrs[:, 0, :, None, None] * v.unsqueeze(-1) * k.unsqueeze(-2))
+
+
+def test_v1_latent_to_init_starts_kaiming_normal():
+    torch.manual_seed(0)
+    weight = FPAGenerator(tiny(input_generator="v1", latent_to_init=True, d_hidden=256)).sequence_processor \
+        .latent_to_init.weight  # (2 L H, d_latent): fan_in 16, std sqrt(2 / 16)
+    assert abs(weight.std().item() - (2 / 16) ** 0.5) < 0.02
+    assert weight.abs().max() > 1 / 16 ** 0.5  # beyond nn.Linear's uniform bound 1 / sqrt(fan_in)

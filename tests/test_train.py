@@ -11,7 +11,7 @@ from PIL import Image
 
 from fpa_core import checkpoint, pictures, storage
 from fpa_core.config import ConfigError
-from fpa_core.train_config import load_config, packaged_configs
+from fpa_core.train_config import REFERENCE_EMA, load_config, packaged_configs
 from fpa_core.trainer import NonFiniteLossError, RunExistsError, Trainer
 
 TINY = {
@@ -150,6 +150,7 @@ def test_packaged_configs_carry_the_table3_generators():
         cfg = load_config(name)
         assert cfg.model == preset_config(name)
         assert (cfg.optim.batch_size, cfg.optim.lr, cfg.fid.every, cfg.data.dataset) == (20, 2e-4, 5000, name)
+        assert cfg.ema == REFERENCE_EMA, name
 
 
 def test_checkpoints_and_outputs_on_s3(s3_bucket, image_folder):
@@ -212,6 +213,52 @@ def test_the_ema_schedule_at_its_boundaries(tmp_path, image_folder):
     assert ema_after(50, 1.0, 0.0) == pytest.approx(0.25)  # 0.75 * 0 + 0.25 * 1
     assert ema_after(60, 1.0, 0.0) == pytest.approx(0.25)  # past copy_until: averaged, not copied
     assert ema_after(61, 1.0, 0.0) == 0.0  # not a multiple of every
+
+
+def test_the_reference_ema_schedule_falls_on_the_authors_steps(tmp_path, image_folder):
+    """The authors' code, 0-based step r: EMA when r % 10 == 0 and r > 20000; copy when r <= 25000 and
+    r % 1000 == 2. Ours counts from 1 (s = r + 1): the same steps, over their first 30 K."""
+    from dataclasses import asdict
+
+    trainer = Trainer(tiny_config(image_folder, ema=asdict(REFERENCE_EMA)), str(tmp_path / "run"))
+    weight, ema = next(trainer.G.parameters()), next(trainer.G_ema.parameters())
+    seen = {}
+    for r in range(30_000):
+        with torch.no_grad():
+            weight.fill_(1.0)
+            ema.fill_(0.0)
+        trainer.step = r + 1
+        trainer._update_ema()
+        value = ema.flatten()[0].item()
+        if value:
+            seen[r] = "copy" if value == 1.0 else "ema"
+    reference = {r: "ema" for r in range(30_000) if r % 10 == 0 and r > 20_000}
+    reference.update({r: "copy" for r in range(30_000) if r <= 25_000 and r % 1000 == 2})
+    assert seen == reference
+    assert seen[2] == "copy" and seen[24_002] == "copy" and 25_002 not in seen and min(
+        r for r, kind in seen.items() if kind == "ema") == 20_010
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_decides_what_runs_in_bfloat16(tmp_path, image_folder, precision):
+    """fp32 (the default, as the authors' code): everything in float32. bf16: D in bfloat16 under autocast,
+    G's LSTM, update net and rule in float32; the step's losses stay finite."""
+    trainer = Trainer(tiny_config(image_folder, precision=precision, steps=4), str(tmp_path / "run"))
+    seen = {}
+
+    def keep(name, dtype_of):
+        def hook(module, inputs, output):  # returns None: the output stays as it is
+            seen.setdefault(name, dtype_of(output))
+        return hook
+
+    trainer.D.register_forward_hook(keep("D", lambda out: out.logits.dtype))
+    trainer.G.sequence_processor.lstm.register_forward_hook(keep("lstm", lambda out: out[0].dtype))
+    trainer.G.update_net.register_forward_hook(keep("rule_inputs", lambda out: out[0].dtype))
+    trainer.step = 1  # no gradient penalty at this step
+    losses = trainer._train_step()
+    assert all(np.isfinite(v) for v in losses.values())
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert seen == {"D": want, "lstm": torch.float32, "rule_inputs": torch.float32}
 
 
 def test_unit_range_and_one_channel_train_score_and_draw(tmp_path):
