@@ -17,7 +17,7 @@ from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
 from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
 from fpa_core.unet import fpa_of
-from sweeps import ray_tune
+from sweeps import ablation, ray_tune
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec, flatten, spec_from_dict
 from sweeps.study import OptunaBridge, open_store, open_study
@@ -29,7 +29,8 @@ from sweeps.trials import FixedTrials, TrialBook, TrialRecord
 log = logging.getLogger(__name__)
 
 KEY_PARAMS = ("model.input_generator", "model.d_latent", "model.d_hidden", "model.num_layers", "model.d_in",
-              "model.d_in_proj", "model.rule", "model.steps", "optim.lr", "unet.dim", "unet.blocks")  # where sampled
+              "model.d_in_proj", "model.rule", "model.steps", "data.range", "optim.lr", "unet.dim", "unet.blocks",
+              "seed")  # where sampled
 
 
 def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
@@ -175,12 +176,24 @@ def _trial_context(settings: SweepSettings) -> dict[str, Any]:
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker: SweepTracker, calibrated: bool,
             base: dict[str, Any] | None) -> dict[str, Any]:
     summary = _summary(spec, settings, bridge, calibrated, base)
+    files = {}
+    if spec.grid is not None:  # an ablation: its table and plot, in the sweep's folder and the parent run
+        summary["ablation"] = ablation.results(spec, summary["trials"])
+        centre = ablation.centre_values(spec)
+        files = {"ablation.md": ablation.markdown(summary["ablation"], centre).encode(),
+                 "ablation.png": ablation.plot(summary["ablation"], centre, f"{settings.name}: FID and KID "
+                                               f"against each axis (mean ± std over {spec.seeds} seeds)")}
+        for name, data in files.items():
+            storage.write_bytes(storage.join(settings.folder, name), data)
     summary_uri = write_summary(settings, summary)  # first: an MLflow failure below loses nothing
     metric = bridge.metric
     tracker.finish_sweep(bridge.parent_id, summary, {
         f"{r.trial_id} ({r.state.lower()})": [(e["step"], e[metric]) for e in r.evaluations if metric in e]
-        for r in bridge.records.values()})
+        for r in bridge.records.values()}, files)
     _print_report(summary, summary_uri, settings.tracking_uri)
+    if files:
+        print("\n" + files["ablation.md"].decode())
+        print(f"ablation: {storage.join(settings.folder, 'ablation.md')}, {storage.join(settings.folder, 'ablation.png')}")
     return summary
 
 

@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             spec = spec.with_fixed(fixed)
     except (SpaceError, ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if spec.grid is not None:
+        problems = [f"--num-trials {args.num_trials}: the ablation grid runs each of its {len(spec.cells())} cells "
+                    f"x {spec.seeds} seeds once, {spec.num_trials} trials; drop --num-trials"] \
+            if args.num_trials not in (None, spec.num_trials) else []
+        if args.pruner not in (None, "none"):
+            problems.append(f"--pruner {args.pruner}: an ablation runs every cell to the same budget; drop --pruner")
+        if problems:
+            parser.error("; ".join(problems))
     if args.submit:
         return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
 

@@ -24,6 +24,11 @@ see ``sweep_names()``), or anywhere else by path (``load_sweep("my-sweep.yaml")`
     profiles:                # named variants of this file: load_sweep(name, profile="demo")
       demo:
         fixed: {steps: 150}  # fixed entries are merged into the file's; any other key replaces the file's
+      ablation:              # an ablation grid instead of a search: one axis at a time around the fixed config
+        grid:                # (the centre cell), each cell x each seed once, no pruning; replaces space and first
+          model.rule: [additive, oja]
+          model.steps: [8, 4]
+        seeds: 3             # seed = 0, 1, 2 for every cell
     stages:                  # the U-Net refinement stage's own knobs: load_sweep(name, stage="unet")
       unet:
         fixed: {unet.blocks: 2}              # merged into the (profiled) fixed entries
@@ -63,7 +68,7 @@ logger = logging.getLogger(__name__)
 FIRST_CHOICES = ("table3", "base")
 FID_BACKBONES = ("auto", *BACKBONES)  # auto: the calibrated one where its weights are
 _LAUNCH_KEYS = ("num_trials", "pruner", "warmup", "metric")  # defaults of the launcher's flags
-_PROFILE_KEYS = ("dataset", "base", "first", *_LAUNCH_KEYS, "fid_backbone", "fixed", "space")  # what a profile may set
+_PROFILE_KEYS = ("dataset", "base", "first", *_LAUNCH_KEYS, "fid_backbone", "fixed", "space", "grid", "seeds")
 _FILE_KEYS = (*_PROFILE_KEYS, "profiles", "stages")
 STAGES = ("fpa", "unet")
 _RANGE_KEYS = ("low", "high", "log", "step")
@@ -148,6 +153,21 @@ class SweepSpec:
     warmup: int | None = None
     metric: str | None = None
     fid_backbone: str | None = None  # auto: calibrated where the Inception weights are, else inception-random
+    grid: dict[str, list[Any]] | None = None  # an ablation: axis -> values, one axis at a time around the centre
+    seeds: int | None = None  # an ablation's seeds per cell: 0 .. seeds - 1
+
+    def cells(self) -> list[tuple[str, dict[str, Any]]]:
+        """An ablation's cells, (name, overrides): the centre (the fixed config as it is), then each axis's
+        values one at a time; a value equal to the centre's is the centre and not repeated."""
+        centre = flatten(self.trial_config({}))
+        cells = [("centre", {})]
+        for axis, values in (self.grid or {}).items():
+            cells += [(f"{axis}={_cell_value(v)}", {axis: v}) for v in values if v != centre[axis]]
+        return cells
+
+    def grid_space(self) -> dict[str, list[Any]]:
+        """What Optuna's GridSampler runs once each: every cell with every seed."""
+        return {"cell": [name for name, _ in self.cells()], "seed": list(range(self.seeds or 1))}
 
     def with_fixed(self, overrides: dict[str, Any]) -> SweepSpec:
         """The same sweep with more fixed entries (a nested or dotted mapping), checked like the file's."""
@@ -156,7 +176,12 @@ class SweepSpec:
         return spec
 
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        """Define-by-run: suggest the active parameters in order; dotted path -> value."""
+        """Define-by-run: suggest the active parameters in order; dotted path -> value. An ablation suggests
+        its cell and seed (GridSampler picks one not run yet) and returns the cell's overrides and the seed."""
+        if self.grid is not None:
+            space = self.grid_space()
+            cell = dict(self.cells())[trial.suggest_categorical("cell", space["cell"])]
+            return {**cell, "seed": trial.suggest_categorical("seed", space["seed"])}
         sampled: dict[str, Any] = {}
         for param in self.params:
             if param.active(sampled):
@@ -200,7 +225,8 @@ class SweepSpec:
                 "first": self.first, **{key: getattr(self, key) for key in _LAUNCH_KEYS},
                 "fid_backbone": self.fid_backbone,
                 "fixed": dict(self.fixed),
-                "space": {param.name: param.to_dict() for param in self.params}}
+                **({"grid": dict(self.grid), "seeds": self.seeds} if self.grid is not None else
+                   {"space": {param.name: param.to_dict() for param in self.params}})}
 
 
 def spec_from_dict(data: dict[str, Any]) -> SweepSpec:
@@ -288,6 +314,9 @@ def _apply_profile(data: dict[str, Any], profile: str | None, source: str) -> di
            for key in overrides if key not in _PROFILE_KEYS]
     if bad:
         raise SpaceError(bad, source)
+    if "grid" in overrides:  # an ablation profile: its grid takes the place of the file's space and first trial
+        out.pop("space", None)
+        out.pop("first", None)
     for key, value in overrides.items():
         merge_fixed = key == "fixed" and isinstance(value, dict) and isinstance(out.get("fixed"), dict)
         out[key] = {**out["fixed"], **value} if merge_fixed else value
@@ -322,10 +351,17 @@ def _parse(data: dict[str, Any], name: str, profile: str | None, source: str) ->
         errors.append(f"fid_backbone: {fid_backbone!r} is not one of {', '.join(FID_BACKBONES)}")
         fid_backbone = None
     fixed = _parse_fixed(data.get("fixed"), errors)
-    params = _parse_space(data.get("space"), errors)
+    grid, seeds = None, None
+    if "grid" in data or "seeds" in data:
+        grid, seeds = _parse_grid(data, launch, first, errors)
+        params = []
+    else:
+        params = _parse_space(data.get("space"), errors)
     spec = SweepSpec(name, dataset or "", base or "", fixed, params, first, profile, fid_backbone=fid_backbone,
-                     **launch)
-    if dataset and base:
+                     grid=grid, seeds=seeds, **launch)
+    if dataset and base and grid is not None:
+        _check_cells(spec, launch, errors)
+    elif dataset and base:
         _check_values(spec, errors)
     if first and not errors:
         _check_first(spec, errors)
@@ -479,6 +515,61 @@ def _check_values(spec: SweepSpec, errors: list[str]) -> None:
                 spec.trial_config({param.name: value})
             except ConfigError as e:
                 errors.append(f"space.{param.name}: {value!r} cannot be used: {'; '.join(e.errors)}")
+
+
+def _parse_grid(data: dict[str, Any], launch: dict[str, Any], first: str | None, errors: list[str]
+                ) -> tuple[dict[str, list[Any]], int]:
+    """An ablation's grid and seeds; it runs every cell to the same budget, so it takes no pruner and no first."""
+    grid, seeds = data.get("grid"), data.get("seeds", 1)
+    if "space" in data:
+        errors.append("space: an ablation (grid) samples nothing; drop space, or drop grid and seeds for a search")
+    if not isinstance(grid, dict) or not grid:
+        errors.append(f"grid: expected a mapping of dotted TrainConfig paths to lists of values, e.g. "
+                      f"model.rule: [additive, oja]; got {grid!r}")
+        grid = {}
+    good = {}
+    for axis, values in grid.items():
+        if axis not in _FIELD_PATHS:
+            errors.append(f"grid.{axis}: unknown parameter; {_did_you_mean(str(axis))}")
+        elif axis == "seed":
+            errors.append("grid.seed: give the number of seeds with seeds: N instead")
+        elif not isinstance(values, list) or not values:
+            errors.append(f"grid.{axis}: expected a non-empty list of values, got {values!r}")
+        else:
+            good[axis] = values
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        errors.append(f"seeds: expected an integer >= 1, got {seeds!r}")
+        seeds = 1
+    if launch["pruner"] not in (None, "none"):
+        errors.append(f"pruner: {launch['pruner']!r}: an ablation runs every cell to the same budget; "
+                      "drop pruner (or set it to none)")
+    launch["pruner"] = "none"
+    if first is not None:
+        errors.append("first: an ablation runs its centre cell; drop first")
+    return good, seeds
+
+
+def _check_cells(spec: SweepSpec, launch: dict[str, Any], errors: list[str]) -> None:
+    """Every cell must build; the number of trials is the number of cells times the seeds."""
+    try:
+        cells = spec.cells()
+    except ConfigError as e:
+        errors.extend(f"base {spec.base} + dataset + fixed: {message}" for message in e.errors)
+        return
+    for name, overrides in cells:
+        try:
+            spec.trial_config(overrides)
+        except ConfigError as e:
+            errors.append(f"grid: cell {name} cannot be used: {'; '.join(e.errors)}")
+    runs = len(cells) * spec.seeds
+    if launch["num_trials"] not in (None, runs):
+        errors.append(f"num_trials: {launch['num_trials']}: the grid runs {len(cells)} cells x {spec.seeds} seeds "
+                      f"= {runs} trials; drop num_trials")
+    spec.num_trials = runs
+
+
+def _cell_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
 def _check_first(spec: SweepSpec, errors: list[str]) -> None:

@@ -39,12 +39,11 @@ def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
 
 def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
                store: optuna.storages.BaseStorage) -> optuna.Study:
-    """The sweep's study in its Optuna ``store`` (created, or found by name): TPE (multivariate, grouped),
-    the sweep's pruner (for ``config``'s evaluations: the spec's trial config without sampled parameters),
+    """The sweep's study in its Optuna ``store`` (created, or found by name): its sampler, the sweep's pruner (for ``config``'s evaluations: the spec's trial config without sampled parameters),
     and the first trial enqueued when the spec names one."""
     study = optuna.create_study(
         study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(multivariate=True, group=True, seed=settings.seed),
+        sampler=_sampler(spec, settings.seed),
         pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps))
     first = spec.first_params()
     if first is not None and not study.trials:
@@ -52,6 +51,22 @@ def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
         origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
         log.info("the first trial is %s: %s", origin, first)
     return study
+
+
+def _sampler(spec: SweepSpec, seed: int | None) -> optuna.samplers.BaseSampler:
+    """A search: TPE (multivariate, grouped). An ablation: GridSampler, each cell and seed once; it reads the
+    study's trials, so a resumed ablation does not repeat a cell that ran or runs."""
+    if spec.grid is not None:
+        return _Grid(spec.grid_space(), seed=seed)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed)
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler without its stop: that is for ``study.optimize``, which the sweep does not use (outside
+    it ``study.stop`` raises). Ray Tune runs the grid's number of trials, cells x seeds."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 class OptunaBridge(TrialBook):

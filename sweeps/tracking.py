@@ -154,19 +154,21 @@ class SweepTracker:
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED"}[state]
         self.client.set_terminated(run_id, status)
 
-    def finish_sweep(self, parent_id: str, summary: dict[str, Any], curves: dict[str, list[tuple[int, float]]]
-                     ) -> None:
+    def finish_sweep(self, parent_id: str, summary: dict[str, Any], curves: dict[str, list[tuple[int, float]]],
+                     files: dict[str, bytes] | None = None) -> None:
         """The parent run's end: the best config, a plot of the metric against step for every trial (``curves``:
-        label -> (step, value) points), the summary, and FINISHED (FAILED when no trial was scored)."""
+        label -> (step, value) points), ``files`` (name -> contents, e.g. an ablation's table and plot), the
+        summary, and FINISHED (FAILED when no trial was scored)."""
         metric = summary["metric"]
         if summary["best"]:
             self.log_text(parent_id, yaml.safe_dump(summary["best"]["config"], sort_keys=False), "best_config.yaml")
             self.client.set_tag(parent_id, "fpa.best_trial", summary["best"]["trial_id"])
         png = plot_fid_curves(curves, f"{summary['name']}: {metric.upper()} against step", metric.upper())
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder, f"{metric}_vs_step.png")
-            path.write_bytes(png)
-            self.log_file(parent_id, str(path))
+            for name, data in {f"{metric}_vs_step.png": png, **(files or {})}.items():
+                path = Path(folder, name)
+                path.write_bytes(data)
+                self.log_file(parent_id, str(path))
         self.log_text(parent_id, json.dumps(summary, indent=2), "summary.json")
         self.client.set_terminated(parent_id, "FINISHED" if summary["best"] else "FAILED")
 
