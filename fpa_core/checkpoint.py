@@ -18,7 +18,7 @@ import torch
 from fpa_core import storage
 from fpa_core.config import from_dict
 from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
+from fpa_core.unet import RefinedGenerator, UNetConfig, build_unet
 
 FORMAT_VERSION = 2  # 2: "evaluations" (every score of every evaluation) replaced 1's "fid_history" and "best"
 LATEST_RE = re.compile(r"^latest-(\d{8})\.pt$")
@@ -45,7 +45,11 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """A format 1 checkpoint as format 2: its FIDs become evaluations without the other scores."""
+    """A format 1 checkpoint as format 2: its FIDs become evaluations without the other scores. A U-Net
+    config from before ``unet.arch`` existed names the U-Net it was: ``resnet``, without a final tanh."""
+    unet = state.get("config", {}).get("unet")
+    if isinstance(unet, dict) and "arch" not in unet:
+        unet.update(arch="resnet", output_tanh=False)
     if state["format_version"] == 1:
         state["evaluations"] = [{"step": int(step), "fid": fid} for step, fid in state.pop("fid_history")]
         state.pop("best", None)
@@ -61,6 +65,12 @@ def generator_only(state: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's EMA generator and what describes it, without D, optimisers or RNG states: what a
     model registry holds (``load_generator`` reads it like a checkpoint)."""
     return {"format_version": FORMAT_VERSION, **{key: state[key] for key in EXPORTED if key in state}}
+
+
+def stage_base(state: dict[str, Any]) -> dict[str, Any]:
+    """What a U-Net stage takes from an FPA checkpoint: the exported generator, and where the checkpoint has
+    them the raw G and D the stage starts from (not the optimisers or RNG states)."""
+    return {**generator_only(state), **{key: state[key] for key in ("generator", "discriminator") if key in state}}
 
 
 def load_generator(uri: str, ema: bool = True, device: str | torch.device = "cpu",
@@ -83,7 +93,7 @@ def generator_from_state(state: dict[str, Any], ema: bool = True, source: str = 
     config = state["config"]
     model = FPAGenerator(from_dict(ModelConfig, config["model"], f"the model config in {source}"))
     if config.get("stage", "fpa") == "unet":
-        model = RefinedGenerator(model, UNet(from_dict(UNetConfig, config["unet"], f"the unet config in {source}")))
+        model = RefinedGenerator(model, build_unet(from_dict(UNetConfig, config["unet"], f"the unet config in {source}")))
     model.load_state_dict(state[key])
     return model.eval()
 

@@ -58,6 +58,7 @@ class OptimConfig:
 class LossConfig:
     gp_every: int = 4  # the gradient penalty on reals every N steps; 0 turns it off
     gp_weight: float = 10.0
+    hinge_weight: float = 1.0  # D's hinge term; the authors' U-Net stage halves it (their hinge_loss_bis)
     recon_weight: float = 1.0  # D's self-supervised reconstruction of reals
     augment: list[str] = field(default_factory=list)  # DiffAugment policy: color, translation, cutout
     augment_prob: float = 0.0

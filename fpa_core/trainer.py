@@ -43,7 +43,7 @@ from fpa_core.metrics import Evaluator, Scores, best_evaluation, describe, laten
 from fpa_core.model import FPAGenerator, ModelConfig
 from fpa_core.progress import Progress
 from fpa_core.train_config import TrainConfig, build_config
-from fpa_core.unet import RefinedGenerator, UNet
+from fpa_core.unet import RefinedGenerator, build_unet
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.D = Discriminator(config.discriminator, image_size=config.data.resolution,
                                channels=config.model.channels).to(self.device)
+        if base_state is not None:
+            self._adopt_base_discriminator(config, base_state)
         if self.device.type == "cpu":
             self.D.to_channels_last()
         betas = (config.optim.beta1, config.optim.beta2)
@@ -189,10 +191,24 @@ class Trainer:
     def _generator(self, config: TrainConfig, base_state: dict[str, Any] | None) -> torch.nn.Module:
         if config.stage == "fpa":
             return FPAGenerator(config.model)
-        # A new U-Net stage starts from the base's EMA weights; a resumed one has them in its checkpoint.
-        fpa = checkpoint.generator_from_state(base_state, source=config.base_generator) if base_state is not None \
-            else FPAGenerator(config.model)
-        return RefinedGenerator(fpa, UNet(config.unet))
+        if base_state is None:  # a resumed U-Net stage: the frozen FPA's weights are in its checkpoint
+            return RefinedGenerator(FPAGenerator(config.model), build_unet(config.unet))
+        # A new one starts from the base's raw G, as the authors' code (their EMA copy takes G's weights at
+        # its step 2); an exported model has only the EMA weights.
+        raw = "generator" in base_state
+        if not raw:
+            log.info("%s holds only its EMA generator: the U-Net refines that", config.base_generator)
+        fpa = checkpoint.generator_from_state(base_state, ema=not raw, source=config.base_generator)
+        return RefinedGenerator(fpa, build_unet(config.unet))
+
+    def _adopt_base_discriminator(self, config: TrainConfig, base_state: dict[str, Any]) -> None:
+        """A new U-Net stage goes on with the base's trained D, as the authors' code, where the checkpoint
+        has one of the same shape; else D starts anew."""
+        saved = base_state.get("config", {}).get("discriminator")
+        if "discriminator" not in base_state or saved != to_dict(config.discriminator):
+            log.info("%s has no discriminator like this stage's: D starts anew", config.base_generator)
+            return
+        self.D.load_state_dict(base_state["discriminator"])
 
     @classmethod
     def resume(cls, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
@@ -275,7 +291,8 @@ class Trainer:
                 else:
                     fake_out, real_out = self.D.judge(self._augment(fakes), self._augment(reals))
                 recon = reconstruction_loss(real_out)
-                d_loss = discriminator_loss(real_out, fake_out) + cfg.loss.recon_weight * recon
+                d_loss = cfg.loss.hinge_weight * discriminator_loss(real_out, fake_out) \
+                    + cfg.loss.recon_weight * recon
             if apply_gp:
                 gp = gradient_penalty(reals, real_out, weight=cfg.loss.gp_weight)
                 d_loss = d_loss + gp

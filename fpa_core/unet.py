@@ -1,10 +1,16 @@
 """The optional U-Net refinement of an FPA's output (Sec. 3.2, Eq. 10; Appendix C.1): W' = UNet(W_T).
 
-The U-Net follows lucidrains' denoising-diffusion-pytorch (which the authors used) without its time
-embedding: ResNet blocks of (GroupNorm, SiLU, 3x3 conv) x 2, three down-sampling levels whose outputs
-skip across to three up-sampling levels, two ResNet blocks in the middle. It maps an image to an
-image of the same size. With the defaults (dim 64, mults 1-2-3) it has 8.46 M parameters at any
-resolution that three halvings divide (the paper: "about 8 M", at 64x64).
+``arch: reference`` (the default) is the authors' U-Net (IDSIA/fpainter, after lucidrains'
+denoising-diffusion-pytorch, without its time embedding): a 7x7 stem, then per level ResNet blocks of
+(3x3 conv, GroupNorm, SiLU) x 2 and a linear attention, each level's output skipping across to the up path;
+two down-samplings for three levels (the last level keeps its size), full attention in the middle, and the
+stem's output concatenated before the last block. With dim 64 and mults 1-2-4 it has 7,985,475 parameters
+at 3 channels (Appendix C.1: "about 8 M"). Its output goes through a tanh (``output_tanh``), as the code's
+``tanh(UNet(tanh W_T))``.
+
+``arch: resnet`` is this project's earlier U-Net: pre-activation ResNet blocks, a down-sampling per level,
+no attention, no final tanh (8.46 M parameters with dim 64, mults 1-2-3). Checkpoints written before
+``arch`` existed load as ``resnet``.
 
 ``RefinedGenerator`` appends a U-Net to a *frozen* FPA (the paper's main setting: only the U-Net
 learns; end-to-end training made the U-Net ignore the FPA, Appendix C.1).
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -24,29 +31,175 @@ from fpa_core.model import FPAGenerator, Painting
 
 @dataclass
 class UNetConfig:
+    arch: Literal["reference", "resnet"] = "reference"  # the authors' U-Net, or this project's earlier one
     dim: int = 64  # channels of the first level
-    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 3])  # one entry per down-sampling level
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])  # one entry per level
     blocks: int = 2  # ResNet blocks per level
     groups: int = 8  # GroupNorm groups; every level's width must divide by it
+    heads: int = 4  # reference: attention heads of dim_head channels each
+    dim_head: int = 32
+    output_tanh: bool = True  # reference: tanh on the U-Net's output, as the code's --unet_tanh
     channels: int = 3  # image channels in and out
 
     def validate(self) -> list[str]:
         errors = [f"{n}: must be a positive integer, got {getattr(self, n)}"
-                  for n in ("dim", "blocks", "groups", "channels") if getattr(self, n) < 1]
+                  for n in ("dim", "blocks", "groups", "heads", "dim_head", "channels") if getattr(self, n) < 1]
         if not self.dim_mults or any(m < 1 for m in self.dim_mults):
             errors.append(f"dim_mults: a non-empty list of positive integers, got {self.dim_mults}")
-        elif self.groups >= 1 and any(self.dim * m % self.groups for m in self.dim_mults):
+        elif self.groups >= 1 and any(self.dim * m % self.groups for m in [1, *self.dim_mults]):
             errors.append(f"groups: {self.groups} must divide every level's width "
-                          f"{[self.dim * m for m in self.dim_mults]}")
+                          f"{[self.dim * m for m in self.dim_mults]} and dim {self.dim}")
+        if self.arch == "resnet" and self.output_tanh:
+            errors.append("output_tanh: the resnet U-Net has no final tanh; set output_tanh: false (or arch: reference)")
         return errors
 
+    @property
+    def halvings(self) -> int:
+        """Down-samplings: one per level but the last (reference), one per level (resnet)."""
+        return len(self.dim_mults) - 1 if self.arch == "reference" else len(self.dim_mults)
+
     def check_resolution(self, height: int, width: int) -> list[str]:
-        factor = 2 ** len(self.dim_mults)
+        factor = 2 ** self.halvings
         if height % factor or width % factor:
-            return [f"dim_mults: {len(self.dim_mults)} down-sampling levels need an image size divisible by "
+            return [f"dim_mults: {self.halvings} down-samplings need an image size divisible by "
                     f"{factor}, got {height}x{width}"]
         return []
 
+
+def build_unet(config: UNetConfig) -> nn.Module:
+    """The U-Net that ``config.arch`` names."""
+    return ReferenceUNet(config) if config.arch == "reference" else ResnetUNet(config)
+
+
+# -- arch: reference ---------------------------------------------------------------------------------------
+
+class ConvBlock(nn.Module):
+    """3x3 conv -> GroupNorm -> SiLU."""
+
+    def __init__(self, dim_in: int, dim_out: int, groups: int):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(dim_in, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, dim_in, H, W) -> (B, dim_out, H, W)
+        return nn.functional.silu(self.norm(self.conv(x)))
+
+
+class ConvResnetBlock(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int, groups: int):
+        super().__init__()
+        self.block1, self.block2 = ConvBlock(dim_in, dim_out, groups), ConvBlock(dim_out, dim_out, groups)
+        self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, dim_in, H, W) -> (B, dim_out, H, W)
+        return self.block2(self.block1(x)) + self.skip(x)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel, with a gain and a bias per channel."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.g, self.b = nn.Parameter(torch.ones(1, dim, 1, 1)), nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mean) / (var + self.eps).sqrt() * self.g + self.b
+
+
+class LinearAttention(nn.Module):
+    """x + out(attention(norm(x))) with linear attention over the H W pixels: queries softmaxed over their
+    features, keys over the pixels, context = K^T V per head."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.dim_head, self.scale = heads, dim_head, dim_head ** -0.5
+        self.norm = ChannelNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, 3 * heads * dim_head, 1, bias=False)
+        self.to_out = nn.Sequential(nn.Conv2d(heads * dim_head, dim, 1), ChannelNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        B, _, H, W = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).view(B, 3, self.heads, self.dim_head, H * W).unbind(1)  # (B, h, d, n)
+        q = q.softmax(dim=-2) * self.scale
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)  # (B, h, d, d)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)  # (B, h, d, n)
+        return x + self.to_out(out.reshape(B, self.heads * self.dim_head, H, W))
+
+
+class FullAttention(nn.Module):
+    """x + out(softmax attention(norm(x))) over the H W pixels."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.dim_head, self.scale = heads, dim_head, dim_head ** -0.5
+        self.norm = ChannelNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, 3 * heads * dim_head, 1, bias=False)
+        self.to_out = nn.Conv2d(heads * dim_head, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        B, _, H, W = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).view(B, 3, self.heads, self.dim_head, H * W).unbind(1)  # (B, h, d, n)
+        attention = torch.einsum("bhdi,bhdj->bhij", q * self.scale, k).softmax(dim=-1)  # (B, h, n, n)
+        out = torch.einsum("bhij,bhdj->bhdi", attention, v)  # (B, h, d, n)
+        return x + self.to_out(out.reshape(B, self.heads * self.dim_head, H, W))
+
+
+class ReferenceUNet(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        check(config, "unet")
+        self.config = c = config
+        dims = [c.dim * m for m in c.dim_mults]  # the width of each level
+        ins = [c.dim, *dims[:-1]]  # what each level takes in
+
+        def blocks(dim_in: int, dim_out: int) -> nn.ModuleList:
+            return nn.ModuleList(ConvResnetBlock(dim_in if j == 0 else dim_out, dim_out, c.groups)
+                                 for j in range(c.blocks))
+
+        self.init_conv = nn.Conv2d(c.channels, c.dim, 7, padding=3)
+        self.down = nn.ModuleList()
+        for i, (dim_in, dim) in enumerate(zip(ins, dims)):
+            last = i == len(dims) - 1
+            self.down.append(nn.ModuleList([
+                blocks(dim_in, dim), LinearAttention(dim, c.heads, c.dim_head),
+                nn.Identity() if last else nn.Conv2d(dim, dim, 4, stride=2, padding=1),  # halves H and W
+            ]))
+        self.mid = nn.Sequential(ConvResnetBlock(dims[-1], dims[-1], c.groups),
+                                 FullAttention(dims[-1], c.heads, c.dim_head),
+                                 ConvResnetBlock(dims[-1], dims[-1], c.groups))
+        self.up = nn.ModuleList()
+        width = dims[-1]  # what comes up from below
+        for i in reversed(range(len(dims))):
+            dim_out = ins[i]
+            self.up.append(nn.ModuleList([
+                blocks(width + dims[i], dim_out), LinearAttention(dim_out, c.heads, c.dim_head),  # + the skip
+                nn.Identity() if i == 0 else nn.ConvTranspose2d(dim_out, dim_out, 4, stride=2, padding=1),
+            ]))
+            width = dim_out
+        self.final = nn.Sequential(ConvResnetBlock(2 * c.dim, c.dim, c.groups), nn.Conv2d(c.dim, c.channels, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        x = first = self.init_conv(image)  # (B, dim, H, W)
+        skips = []
+        for level, attention, downsample in self.down:
+            for block in level:
+                x = block(x)
+            x = attention(x)
+            skips.append(x)  # (B, dim_i, H / 2^i, W / 2^i)
+            x = downsample(x)
+        x = self.mid(x)
+        for level, attention, upsample in self.up:
+            x = torch.cat([x, skips.pop()], dim=1)
+            for block in level:
+                x = block(x)
+            x = upsample(attention(x))
+        out = self.final(torch.cat([x, first], dim=1))
+        return torch.tanh(out) if self.config.output_tanh else out
+
+
+# -- arch: resnet ------------------------------------------------------------------------------------------
 
 class ResnetBlock(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, groups: int):
@@ -59,7 +212,7 @@ class ResnetBlock(nn.Module):
         return self.block2(self.block1(x)) + self.skip(x)
 
 
-class UNet(nn.Module):
+class ResnetUNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         check(config, "unet")
@@ -117,7 +270,7 @@ def fpa_of(state: dict) -> dict:
 class RefinedGenerator(nn.Module):
     """A frozen FPA followed by a U-Net: ``G(z) = UNet(FPA(z))``. Only the U-Net has trainable parameters."""
 
-    def __init__(self, fpa: FPAGenerator, unet: UNet):
+    def __init__(self, fpa: FPAGenerator, unet: nn.Module):
         super().__init__()
         self.fpa, self.unet = fpa.requires_grad_(False), unet
         self.config = fpa.config  # d_latent, sizes: what callers of a generator read

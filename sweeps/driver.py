@@ -61,12 +61,13 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, di
         log.info("--base %s is an FPA with a U-Net; the new U-Nets refine its FPA", source)
         state = fpa_of(state)
     uri = storage.join(settings.folder, "base", "generator.pt")
-    checkpoint.save(uri, checkpoint.generator_only(state))
+    checkpoint.save(uri, checkpoint.stage_base(state))  # with the raw G and D where the checkpoint has them
     scores = next((e for e in state["evaluations"] if e["step"] == state["step"]), {})
     base = {"source": source, "uri": uri, "step": state["step"], "fid": scores.get("fid"), "kid": scores.get("kid"),
             "fid_calibrated": state["fid_calibrated"]}
     log.info("U-Net stage on %s (step %d, FID %s)", source, base["step"], base["fid"])
     fixed = {"stage": "unet", "base_generator": uri, "unet.channels": state["config"]["model"].get("channels", 3),
+             "loss.hinge_weight": 0.5,  # as the authors' U-Net stage
              **{f"model.{key}": value for key, value in state["config"]["model"].items()}}
     return spec.with_fixed(fixed), base
 

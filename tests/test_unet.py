@@ -11,29 +11,45 @@ from fpa_core.model import FPAGenerator, ModelConfig
 from fpa_core.paint import draw
 from fpa_core.train_config import load_config
 from fpa_core.trainer import Trainer
-from fpa_core.unet import RefinedGenerator, UNet, UNetConfig
+from fpa_core.unet import RefinedGenerator, ReferenceUNet, ResnetUNet, UNetConfig, build_unet
 from test_train import TINY
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 2], "blocks": 1, "groups": 4}
 
 
+@pytest.mark.parametrize("arch", ["reference", "resnet"])
 @pytest.mark.parametrize("size", [(16, 16), (32, 48), (64, 64)])
-def test_the_unet_keeps_the_image_shape(size):
-    unet = UNet(UNetConfig(**TINY_UNET))
+def test_the_unet_keeps_the_image_shape(size, arch):
+    unet = build_unet(UNetConfig(**TINY_UNET, arch=arch, output_tanh=arch == "reference"))
     image = torch.randn(2, 3, *size)
-    assert unet(image).shape == image.shape
+    out = unet(image)
+    assert out.shape == image.shape
+    if arch == "reference":  # tanh(UNet(.)), as the authors' code
+        assert out.abs().max() < 1
 
 
-def test_the_default_unet_has_about_8m_parameters():  # Appendix C.1: "a total of 8 M parameters"
-    count = sum(p.numel() for p in UNet(UNetConfig()).parameters())
-    assert 7.5e6 < count < 9e6, count
+def test_the_default_unet_is_the_authors_with_its_7_99m_parameters():  # Appendix C.1: "about 8 M"
+    with torch.device("meta"):
+        reference = build_unet(UNetConfig())
+        resnet = build_unet(UNetConfig(arch="resnet", dim_mults=[1, 2, 3], output_tanh=False))
+    assert isinstance(reference, ReferenceUNet) and isinstance(resnet, ResnetUNet)
+    assert sum(p.numel() for p in reference.parameters()) == 7_985_475  # IDSIA/fpainter's Unet(64, (1, 2, 4))
+    assert sum(p.numel() for p in resnet.parameters()) == 8_457_475
+    assert UNetConfig().halvings == 2 and UNetConfig(arch="resnet", output_tanh=False).halvings == 3
+
+
+def test_a_unet_checkpoint_from_before_arch_loads_as_the_resnet_unet(tmp_path):
+    old = {"dim": 8, "dim_mults": [1, 2, 2], "blocks": 1, "groups": 4, "channels": 3}  # no arch, no output_tanh
+    checkpoint.save(str(tmp_path / "old.pt"), {"step": 0, "config": {"stage": "unet", "unet": old}})
+    assert checkpoint.load(str(tmp_path / "old.pt"))["config"]["unet"] == {**old, "arch": "resnet",
+                                                                           "output_tanh": False}
 
 
 def test_bad_unet_fields_are_named():
     with pytest.raises(ConfigError, match="unet.groups: 3 must divide"):
         load_config("digits", {**TINY, "stage": "unet", "unet": {"groups": 3}})
     with pytest.raises(ConfigError) as e:  # five halvings of a 16x16 image, and no base to refine
-        load_config("digits", {**TINY, "stage": "unet", "unet": {**TINY_UNET, "dim_mults": [1, 2, 2, 2, 2]}})
+        load_config("digits", {**TINY, "stage": "unet", "unet": {**TINY_UNET, "dim_mults": [1, 2, 2, 2, 2, 2]}})
     assert "unet.dim_mults" in str(e.value) and "base_generator" in str(e.value)
 
 
@@ -45,6 +61,9 @@ def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
                                     "model": {**TINY["model"], "d_hidden": 999}})  # the base decides the model
     trainer = Trainer(config, str(tmp_path / "unet"))
     assert isinstance(trainer.G, RefinedGenerator) and trainer.cfg.model.d_hidden == TINY["model"]["d_hidden"]
+    base = checkpoint.load(base_uri)  # the stage starts from the base's raw G and its D, as the authors' code
+    assert all(torch.equal(v, base["generator"][k]) for k, v in trainer.G.fpa.state_dict().items())
+    assert all(torch.equal(v, base["discriminator"][k]) for k, v in trainer.D.state_dict().items())
     fpa_before = {k: v.clone() for k, v in trainer.G.fpa.state_dict().items()}
     unet_before = {k: v.clone() for k, v in trainer.G.unet.state_dict().items()}
     summary = trainer.train()
@@ -87,7 +106,7 @@ def test_a_unet_needs_an_fpa_base_of_the_right_size(tmp_path):
 
 def test_refined_generator_forward_is_unet_of_fpa():
     fpa = FPAGenerator(ModelConfig(d_latent=8, d_in=2, d_in_proj=8, d_hidden=16, height=16, width=16, steps=4))
-    refined = RefinedGenerator(fpa, UNet(UNetConfig(**TINY_UNET))).eval()
+    refined = RefinedGenerator(fpa, build_unet(UNetConfig(**TINY_UNET))).eval()
     z = torch.randn(3, 8)
     assert torch.allclose(refined(z), refined.unet(fpa(z)), atol=1e-5)
     assert not any(p.requires_grad for p in refined.fpa.parameters())
