@@ -85,7 +85,7 @@ parts["G: update net"] = clock(g_part(lambda: G.update_net(h)))
 k, v, lr = (x.detach().transpose(1, 2).reshape(B * c, T, *x.shape[3:]).requires_grad_() for x in G.update_net(h))
 parts["G: rule"] = clock(g_part(lambda: apply_rule(cfg.model.rule, k, v, lr)))
 
-x = torch.rand(B, 3, res, res).contiguous(memory_format=memory_format)
+x = torch.rand(B, c, res, res).contiguous(memory_format=memory_format)
 both = torch.cat([x, x]).contiguous(memory_format=memory_format)
 batched = hasattr(D, "judge")
 def trunk(inp):

@@ -268,8 +268,12 @@ def load_sweep(name_or_path: str, profile: str | None = None, stage: str = "fpa"
     if not isinstance(data, dict):
         raise SpaceError([f"{name_or_path}: the top level must be a mapping of {', '.join(_FILE_KEYS)}"], source)
     spec = _parse(_apply_stage(_apply_profile(data, profile, source), stage, source), name, profile, source)
-    logger.info("%s: %d parameters over base %s on %s, first trial: %s", source, len(spec.params), spec.base,
-                spec.dataset, spec.first or "sampled")
+    if spec.grid is not None:
+        logger.info("%s: an ablation of %d cells x %d seeds over base %s on %s", source, len(spec.cells()),
+                    spec.seeds, spec.base, spec.dataset)
+    else:
+        logger.info("%s: %d parameters over base %s on %s, first trial: %s", source, len(spec.params), spec.base,
+                    spec.dataset, spec.first or "sampled")
     return spec
 
 
