@@ -88,6 +88,13 @@ def remove(uri: str | os.PathLike) -> None:
         Path(uri).unlink(missing_ok=True)
 
 
+def location_problem(uri: str | os.PathLike | None) -> str | None:
+    """What is wrong with a folder or s3:// location given on a command line, or None."""
+    if uri is not None and is_s3(uri) and not str(uri)[len("s3://"):].partition("/")[0]:
+        return f"{uri}: an S3 location must name a bucket, e.g. s3://my-bucket/runs"
+    return None
+
+
 def _split(uri: str | os.PathLike) -> tuple[str, str]:
     bucket, _, key = str(uri)[len("s3://"):].partition("/")
     if not bucket:

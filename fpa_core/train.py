@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 
+from fpa_core import storage
 from fpa_core.config import ConfigError, parse_overrides
 from fpa_core.data import DatasetNotFoundError
 from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume needs --out, the folder of the run to continue")
     if not args.resume and not args.config:
         parser.error("--config is required (or --resume with --out)")
+    if storage.location_problem(args.out):
+        parser.error(f"--out {storage.location_problem(args.out)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

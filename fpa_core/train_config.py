@@ -64,7 +64,8 @@ class LossConfig:
     augment_prob: float = 0.0
 
     def validate(self) -> list[str]:
-        errors = []
+        errors = [f"{n}: must be a finite number >= 0, got {getattr(self, n)}"
+                  for n in ("gp_weight", "hinge_weight", "recon_weight") if not 0 <= getattr(self, n) < float("inf")]
         if self.gp_every < 0:
             errors.append(f"gp_every: must be >= 0, got {self.gp_every}")
         if not 0 <= self.augment_prob <= 1:

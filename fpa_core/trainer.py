@@ -135,6 +135,9 @@ class Trainer:
         self.data: ImageSet = load_images(config.data.dataset, config.data.resolution)
         if self.data.skipped:
             log.warning("%d unreadable images were skipped in %s", self.data.skipped, self.data.source)
+        if len(self.data.images) < 2:
+            raise ValueError(f"{self.data.source} holds {len(self.data.images)} readable image(s); training needs "
+                             "at least 2 (its evaluations compare sets of images)")
         if state and state["dataset"]["fingerprint"] != self.data.fingerprint:
             raise ValueError(f"the dataset changed since {resume_from} was written "
                              f"(fingerprint {state['dataset']['fingerprint'][:12]} then, "
@@ -217,7 +220,22 @@ class Trainer:
         if not found:
             raise FileNotFoundError(f"nothing to resume in {out}: it has no checkpoints/latest-*.pt; "
                                     "start a new run without --resume")
-        return cls.from_checkpoint(found[-1][1], out, overrides, **kwargs)
+        return cls.from_newest([uri for _, uri in found], out, overrides, **kwargs)
+
+    @classmethod
+    def from_newest(cls, uris: list[str], out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
+        """Continue from the newest of ``uris`` (oldest first) that loads; an unreadable one (truncated by a full
+        disk or a kill) is skipped with a warning."""
+        for uri in reversed(uris):
+            try:
+                state = checkpoint.load(uri)
+            except ValueError as e:
+                log.warning("skipping %s: %s", uri, e)
+                continue
+            config = build_config(state["config"], overrides, f"the config saved in {uri}")
+            return cls(config, out, resume_from=uri, resume_state=state, **kwargs)
+        raise ValueError(f"none of the {len(uris)} checkpoints of {out} can be read (see the warnings above); "
+                         "start a new run without --resume")
 
     @classmethod
     def from_checkpoint(cls, uri: str, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:

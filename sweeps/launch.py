@@ -21,6 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
 from fpa_core.metrics import METRICS  # noqa: E402
 from sweeps.pruning import PRUNERS  # noqa: E402
@@ -175,6 +176,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         problems.append("--detach only goes with --submit URL")
     if args.submit and args.address:
         problems.append("--submit and --address exclude each other: a submitted job runs on the cluster's head")
+    if storage.location_problem(args.storage):
+        problems.append(f"--storage {storage.location_problem(args.storage)}")
     problems += tracking_uri_problems(args.tracking_uri)
     return problems
 

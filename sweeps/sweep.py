@@ -95,11 +95,15 @@ def redact(uri: str | None) -> str | None:
     """A URI without its user-info (user:password@), safe to log or record."""
     if not uri or "://" not in uri:
         return uri
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
+    try:
+        parts = urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return uri
+        port = parts.port
+    except ValueError:  # not a URI that can be taken apart: keep only its scheme
+        return uri.split("://", 1)[0] + "://<unparsable>"
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -116,6 +120,11 @@ def tracking_uri_problems(flag: str | None) -> list[str]:
         if credentials_in(uri):
             return [f"{name} must not carry credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
                     "(or PGPASSWORD for a PostgreSQL store) in the environment"]
+        try:
+            if uri:
+                urlsplit(uri).port  # a bad host or port raises here, not in MLflow later
+        except ValueError as e:  # (no credentials in it: checked above)
+            return [f"{name} {uri!r} is not a valid URI ({e}); e.g. http://mlflow:5000 or sqlite:///mlflow.db"]
     return []
 
 

@@ -94,9 +94,9 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, 
         return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation), 0
     if init_from and reported is None:  # the FIDs up to the continued checkpoint are the original run's
         reported_step = checkpoint.load(init_from)["step"]
-    step, uri = max(found)
-    log.info("trial %s continues from %s (step %d)", config["trial_id"], uri, step)
-    return Trainer.from_checkpoint(uri, out, overrides, on_evaluation=on_evaluation), reported_step
+    trainer = Trainer.from_newest([uri for _, uri in sorted(found)], out, overrides, on_evaluation=on_evaluation)
+    log.info("trial %s continues from step %d", config["trial_id"], trainer.step)
+    return trainer, reported_step
 
 
 def _scores(evaluation: dict[str, Any], prefix: str = "") -> dict[str, float]:

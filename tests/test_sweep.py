@@ -141,6 +141,9 @@ def test_launch_rejects_bad_input_before_any_work(tmp_path):
     result = run_main(launch_main, "--dataset", "digits", "--tracking-uri", "http://admin:hunter2@127.0.0.1:5000")
     assert result.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in result.stderr
     assert "hunter2" not in result.stderr
+    result = run_main(launch_main, "--dataset", "digits", "--storage", "s3://", "--tracking-uri", "http://[::1:5000")
+    assert result.returncode == 2 and "--storage s3://: an S3 location must name a bucket" in result.stderr
+    assert "--tracking-uri 'http://[::1:5000' is not a valid URI" in result.stderr
     result = run_main(launch_main, "--dataset", "digits", "--num-trials", "0", "--detach")
     assert result.returncode == 2 and "--num-trials" in result.stderr and "--detach" in result.stderr
     result = run_launch("--dataset", "digits", "--set", "fid.backbone=inception", "--storage", str(tmp_path / "o"),

@@ -1,6 +1,7 @@
 """Training end to end on digits: every output, bit-exact resume, failure modes, S3 storage."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -117,6 +118,36 @@ def test_an_existing_run_is_never_overwritten(tmp_path, image_folder):
         Trainer(tiny_config(image_folder, steps=2), str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer.resume(str(tmp_path / "empty"))
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, image_folder, caplog):
+    run = tmp_path / "run"
+    Trainer(tiny_config(image_folder, steps=4), str(run)).train()  # latest-2 and latest-4
+    newest = run / "checkpoints" / "latest-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a kill or a full disk mid-write
+    with caplog.at_level("WARNING"):
+        trainer = Trainer.resume(str(run), {"steps": 6})
+    assert trainer.step == 2 and "skipping" in caplog.text and "latest-00000004.pt" in caplog.text
+    older = run / "checkpoints" / "latest-00000002.pt"
+    older.write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the 2 checkpoints .* can be read"):
+        Trainer.resume(str(run), {"steps": 6})
+
+
+def test_inputs_that_used_to_slip_through_get_one_message(tmp_path):
+    from conftest import run_main
+    from fpa_core.train import main as train_main
+
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(one / "only.png")
+    with pytest.raises(ValueError, match="holds 1 readable image.*at least 2"):
+        Trainer(tiny_config(one), str(tmp_path / "run"))
+    result = run_main(train_main, "--config", "digits", "--out", "s3://", "--steps", "1")
+    assert result.returncode == 2 and "--out s3://: an S3 location must name a bucket" in result.stderr
+    assert not (tmp_path / "s3:").exists() and not pathlib.Path("s3:").exists()
+    with pytest.raises(ConfigError, match=r"loss\.gp_weight: must be a finite number >= 0, got inf"):
+        tiny_config(loss={"gp_weight": float("inf")})
 
 
 def test_resume_refuses_a_changed_dataset(tmp_path):
