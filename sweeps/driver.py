@@ -188,9 +188,13 @@ def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker
             storage.write_bytes(storage.join(settings.folder, name), data)
     summary_uri = write_summary(settings, summary)  # first: an MLflow failure below loses nothing
     metric = bridge.metric
-    tracker.finish_sweep(bridge.parent_id, summary, {
-        f"{r.trial_id} ({r.state.lower()})": [(e["step"], e[metric]) for e in r.evaluations if metric in e]
-        for r in bridge.records.values()}, files)
+    try:
+        tracker.finish_sweep(bridge.parent_id, summary, {
+            f"{r.trial_id} ({r.state.lower()})": [(e["step"], e[metric]) for e in r.evaluations if metric in e]
+            for r in bridge.records.values()}, files)
+    except Exception as e:  # MLflow down at the very end: the sweep's results are in summary.json all the same
+        log.error("MLflow could not close the sweep's parent run (%s: %s); the summary is in %s",
+                  type(e).__name__, e, summary_uri)
     _print_report(summary, summary_uri, settings.tracking_uri)
     if files:
         print("\n" + files["ablation.md"].decode())
@@ -224,7 +228,7 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
                        "state": "RUNNING" if record.state == "RUNNING" else record.state, "steps": record.steps,
                        "best_value": record.best_value, "best_fid": best.get("fid"), "best_kid": best.get("kid"),
                        "run_id": record.run_id, "params": record.params, "fids": record.fids,
-                       "evaluations": record.evaluations, **record.placement})
+                       "evaluations": record.evaluations, "error": record.error, **record.placement})
     finished = [r for r in bridge.records.values() if r.best is not None and r.state in ("COMPLETE", "PRUNED")]
     best = None
     if finished:

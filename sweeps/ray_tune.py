@@ -5,9 +5,12 @@ sweep's trials, new or restored, with a searcher and a scheduler that ask the sw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 import ray
@@ -118,7 +121,27 @@ def run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, 
     _keep_slots_busy(settings, resources)
     trainable = tune.with_resources(run_trial, resources)
     tuner = _restored_tuner(settings, trainable, bridge) if resume else _new_tuner(settings, trainable, bridge)
-    tuner.fit()
+    with _sigterm_as_ctrl_c():
+        tuner.fit()
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (a scheduler, docker stop, Kubernetes) stops the sweep as Ctrl-C does: Ray Tune's SIGINT handler
+    saves the experiment and returns, and the trials stay resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        log.warning("SIGTERM: stopping the sweep as on Ctrl-C (its state is saved for --resume)")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _new_tuner(settings: SweepSettings, trainable, bridge: TrialBook) -> tune.Tuner:

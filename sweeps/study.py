@@ -135,6 +135,8 @@ class OptunaBridge(TrialBook):
         """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
         that dies in between leaves the trial running there, and it ends again, the same way or better."""
         super()._finish(record, state, tags)
+        if record.error is not None:  # why it failed, beside its parameters in the study
+            self._trial(record).set_user_attr("fpa.error", record.error)
         if state == "COMPLETE":
             self._tell(record, value=record.best_value, state=TrialState.COMPLETE)
         else:
@@ -148,6 +150,8 @@ class OptunaBridge(TrialBook):
         if record is None:
             return False
         if record.state != "RUNNING":  # e.g. pruned by a driver that died before Ray saved the decision
+            return True
+        if self.failed(record, result):
             return True
         if self.metric not in result:
             return False

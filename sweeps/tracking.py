@@ -32,6 +32,7 @@ TAG_SWEEP, TAG_TRIAL, TAG_STATE = "fpa.sweep", "fpa.trial_id", "fpa.state"
 TAG_PARENT = "mlflow.parentRunId"
 # The experiment's kind: `mlflow ui` then opens it on its training runs, not on the GenAI traces page.
 TAG_KIND, KIND = "mlflow.experimentKind", "custom_model_development"
+MAX_TAG_LENGTH = 5000  # MLflow's limit on a tag value is 8,000
 MAX_PARAM_LENGTH = 6000
 
 
@@ -215,6 +216,11 @@ class TrialLogger:
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         self.client.log_text(self.run_id, json.dumps(summary, indent=2), "summary.json")
+
+    def log_failure(self, reason: str) -> None:
+        """Why the trial failed for good: a tag, and the text as error.txt."""
+        self.client.set_tag(self.run_id, "fpa.error", reason[:MAX_TAG_LENGTH])
+        self.client.log_text(self.run_id, reason + "\n", "error.txt")
 
 
 def _param_value(value: Any) -> str:

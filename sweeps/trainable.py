@@ -21,13 +21,17 @@ from ray import tune
 from fpa_core import checkpoint, storage
 from fpa_core.metrics import SCORES, best_evaluation
 from fpa_core.train_config import build_config
-from fpa_core.trainer import Evaluation, Trainer
+from fpa_core.config import ConfigError
+from fpa_core.trainer import Evaluation, NonFiniteLossError, Trainer
 from sweeps.sweep import trial_folder
 from sweeps.tracking import TrialLogger
 
 log = logging.getLogger(__name__)
 
 POINTER = "fpa_checkpoint.json"
+FAILED = "fpa_failed"  # a reported result's key: the trial failed for good, with this reason
+# Failures that a retry would repeat: a loss that diverged, a config the model cannot take.
+DETERMINISTIC = (NonFiniteLossError, ConfigError)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -64,7 +68,15 @@ def run_trial(config: dict[str, Any]) -> None:
                      config["trial_id"], evaluation["step"])
             report(int(evaluation["step"]), {**_scores(evaluation), **_scores(best, "best_")},
                    trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    except DETERMINISTIC as e:  # the same config fails the same way again: no retry (Ray's max_failures)
+        reason = f"{type(e).__name__}: {e}"
+        log.error("trial %s failed for good at step %d: %s", config["trial_id"], trainer.step, reason)
+        logger.log_failure(reason)
+        # with the sweep's metric as NaN: Ray Tune wants it in every result
+        tune.report({FAILED: reason, "step": trainer.step, metric: float("nan"), **placement})
+        return
     logger.log_summary(summary)
 
 

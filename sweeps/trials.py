@@ -38,6 +38,7 @@ class TrialRecord:
     steps: int = 0
     placement: dict[str, Any] = field(default_factory=dict)  # node and accelerators the trial ran on
     ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
+    error: str | None = None  # why it failed for good (a diverged loss, a bad config), where it did
 
     @property
     def best(self) -> dict[str, float] | None:
@@ -114,6 +115,18 @@ class TrialBook:
         """After Ray's run: a trial that a Ray trial held but that never ended (Ray stopped on Ctrl-C)."""
         return any(r.state == "RUNNING" and r.ray_trial_id is not None for r in self.records.values())
 
+    def failed(self, record: TrialRecord, result: dict[str, Any]) -> bool:
+        """A result that says the trial failed for good (``sweeps.trainable.FAILED``): it ends as ERROR with
+        the reason, which MLflow, the study and summary.json keep; Ray does not retry it."""
+        reason = result.get("fpa_failed")
+        if reason is None:
+            return False
+        record.error = str(reason)
+        if record.state == "RUNNING":
+            self._finish(record, "ERROR", {"fpa.error": record.error})
+            log.warning("%s failed for good: %s", record.trial_id, record.error)
+        return True
+
     def complete(self, ray_trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         record = self._record(ray_trial_id)
         if record is None or record.state != "RUNNING":
@@ -167,6 +180,8 @@ class FixedTrials(TrialBook):
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
         record = self._record(ray_trial_id)
+        if record is not None and self.failed(record, result):
+            return True
         if record is not None and record.metric in result:
             record.note(result)
             self._seen(record, float(result[record.metric]))

@@ -186,7 +186,9 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
 
 
-def test_ctrl_c_leaves_a_sweep_that_resumes(tmp_path, image_folder):
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder):
+    """SIGTERM (a scheduler, docker stop, Kubernetes) is turned into Ctrl-C: Ray saves the experiment, the
+    driver exits 130 with the --resume hint, and --resume finishes every trial."""
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
@@ -200,7 +202,7 @@ def test_ctrl_c_leaves_a_sweep_that_resumes(tmp_path, image_folder):
             if any(max(_logged_steps(f), default=0) >= 4 for f in _trial_folders(root)):
                 break
             time.sleep(0.2)
-        driver.send_signal(signal.SIGINT)  # Ctrl-C: Ray saves the experiment and returns
+        driver.send_signal(signal.SIGTERM)  # as Ctrl-C: Ray saves the experiment and returns
         _, stderr = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:

@@ -130,6 +130,25 @@ def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run(tmp_path, i
     assert sorted({m.step for m in client.get_metric_history(trial["run_id"], "fid")}) == evaluations
 
 
+def test_a_diverging_trial_fails_once_and_says_why(tmp_path, image_folder, local_ray):
+    """A NaN loss fails the same way on every retry: the trial ends as ERROR without Ray's retries, its reason
+    in summary.json, the MLflow run (tag and error.txt) and the Optuna trial."""
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"optim.lr": [1.0e10]}))  # NaN at the first step
+    s = settings(tmp_path, num_trials=1, max_failures=2)
+    summary = run_sweep(spec, s)
+
+    (trial,) = summary["trials"]
+    assert trial["state"] == "ERROR" and "NonFiniteLossError: non-finite loss at step 1" in trial["error"]
+    assert summary["best"] is None
+    assert not (Path(s.storage, s.name, trial["trial_id"], "error.txt")).exists()  # Ray saw no failure to retry
+    client = MlflowClient(s.tracking_uri)
+    run = client.get_run(trial["run_id"])
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["fpa.error"]
+    assert "error.txt" in {a.path for a in client.list_artifacts(trial["run_id"])}
+    study = optuna.load_study(study_name=s.name, storage=s.optuna_storage)
+    assert study.trials[0].state.name == "FAIL" and "non-finite" in study.trials[0].user_attrs["fpa.error"]
+
+
 def test_launch_rejects_bad_input_before_any_work(tmp_path):
     result = run_main(launch_main, "--dataset", "ffhq")
     assert result.returncode == 2 and "ffhq" in result.stderr and "metfaces" in result.stderr
