@@ -93,7 +93,8 @@ def generator_from_state(state: dict[str, Any], ema: bool = True, source: str = 
     config = state["config"]
     model = FPAGenerator(from_dict(ModelConfig, config["model"], f"the model config in {source}"))
     if config.get("stage", "fpa") == "unet":
-        model = RefinedGenerator(model, build_unet(from_dict(UNetConfig, config["unet"], f"the unet config in {source}")))
+        unet = from_dict(UNetConfig, config["unet"], f"the unet config in {source}")
+        model = RefinedGenerator(model, build_unet(unet))
     model.load_state_dict(state[key])
     return model.eval()
 

@@ -112,5 +112,11 @@ def _client_for(endpoint_url: str | None):
         import boto3
     except ImportError:
         raise RuntimeError("s3:// locations need boto3: pip install boto3") from None
+    from botocore.config import Config
+
+    # Outages of seconds are ridden out: botocore's adaptive retries with backoff, a bounded number of attempts
+    # (FPA_S3_MAX_ATTEMPTS), and timeouts that end a dead endpoint's calls instead of hanging on them.
+    attempts = int(os.environ.get("FPA_S3_MAX_ATTEMPTS", "10"))
+    config = Config(retries={"mode": "adaptive", "total_max_attempts": attempts}, connect_timeout=10, read_timeout=120)
     # boto3 reads AWS_ENDPOINT_URL itself (botocore >= 1.31); passing it keeps older releases working.
-    return boto3.client("s3", endpoint_url=endpoint_url)
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)

@@ -50,7 +50,8 @@ class UNetConfig:
             errors.append(f"groups: {self.groups} must divide every level's width "
                           f"{[self.dim * m for m in self.dim_mults]} and dim {self.dim}")
         if self.arch == "resnet" and self.output_tanh:
-            errors.append("output_tanh: the resnet U-Net has no final tanh; set output_tanh: false (or arch: reference)")
+            errors.append("output_tanh: the resnet U-Net has no final tanh; set output_tanh: false "
+                          "(or arch: reference)")
         return errors
 
     @property

@@ -198,7 +198,8 @@ def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker
     _print_report(summary, summary_uri, settings.tracking_uri)
     if files:
         print("\n" + files["ablation.md"].decode())
-        print(f"ablation: {storage.join(settings.folder, 'ablation.md')}, {storage.join(settings.folder, 'ablation.png')}")
+        print(f"ablation: {storage.join(settings.folder, 'ablation.md')}, "
+              f"{storage.join(settings.folder, 'ablation.png')}")
     return summary
 
 

@@ -43,3 +43,15 @@ def test_s3_uri_must_name_a_bucket(s3_bucket):
 def test_missing_bucket_reads_as_missing(s3_bucket):
     with pytest.raises(FileNotFoundError, match="no bucket"):
         storage.read_bytes("s3://no-such-bucket-fpa/key")
+
+
+def test_s3_calls_retry_with_adaptive_backoff(monkeypatch):
+    from fpa_core.storage import _client_for
+
+    monkeypatch.setenv("FPA_S3_MAX_ATTEMPTS", "4")
+    _client_for.cache_clear()
+    try:
+        retries = _client_for("http://127.0.0.1:1").meta.config.retries
+    finally:
+        _client_for.cache_clear()
+    assert retries["mode"] == "adaptive" and retries["total_max_attempts"] == 4
