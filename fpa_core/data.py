@@ -46,6 +46,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # Ghostscript, among them) away from files that merely carry an image extension.
 PIL_FORMATS = ("PNG", "JPEG", "WEBP")
 EXTENSION_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}  # MPO: a JPEG variant
+# The largest image file read from a zip archive; a larger member (a zip bomb) is skipped as unreadable.
+MAX_IMAGE_BYTES = int(os.environ.get("FPA_MAX_IMAGE_MB", "64")) << 20
 # What reading or decoding one damaged file raises (RuntimeError: an encrypted or an unsupported zip member).
 READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error,
                 Image.DecompressionBombError)
@@ -199,8 +201,12 @@ def _zip_source(path: Path, label: str) -> _Source:
         with zipfile.ZipFile(path) as archive:
 
             def read(name: str) -> bytes:
-                with lock:
-                    return archive.read(name)
+                with lock, archive.open(name) as member:  # streamed: a member is never held past the cap
+                    data = member.read(MAX_IMAGE_BYTES + 1)
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise ValueError(f"{name} is larger than {MAX_IMAGE_BYTES >> 20} MiB, too large for an image "
+                                     "(FPA_MAX_IMAGE_MB raises the cap)")
+                return data
 
             return _decode_all(names, read, resolution, location)
 

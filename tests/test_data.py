@@ -135,6 +135,18 @@ def test_a_zip_gives_the_same_array_and_a_stable_fingerprint(folder, tmp_path):
     assert load_images(zip_of(tmp_path / "imgs.zip", files), 8).fingerprint != from_zip.fingerprint
 
 
+def test_an_oversized_zip_member_is_skipped_without_being_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 1 << 20)
+    files = {"a.png": encode(noise((20, 20), seed=1)), "b.png": encode(noise((20, 20), seed=2)),
+             "bomb.png": bytes(8 << 20)}  # 8 MiB of zeros: a few KiB once compressed
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, payload in files.items():
+            z.writestr(name, payload)
+    loaded = load_images(archive, 8)
+    assert len(loaded.images) == 2 and loaded.skipped == 1
+
+
 def test_a_folder_fingerprint_follows_its_files(folder):
     before = load_images(folder, 8).fingerprint
     assert load_images(folder, 8).fingerprint == before
