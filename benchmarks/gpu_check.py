@@ -64,7 +64,8 @@ def main() -> None:
         folder = synthetic_folder(Path(tmp))
         config = load_config("celeba", {"data": {"dataset": str(folder)}, "steps": args.steps,
                                         "fid": {"every": args.steps, "num_images": 2000, "backbone": "inception-random"},
-                                        "checkpoint": {"every": args.steps}, "log_every": 20, "device": "cuda"})
+                                        "checkpoint": {"every": args.steps}, "log_every": 20, "device": "cuda",
+                                        "precision": "bf16"})
         trainer = Trainer(config, str(Path(tmp, "run")))
         for _ in range(3):  # warm-up: cuDNN autotuning, allocator
             trainer._train_step()
