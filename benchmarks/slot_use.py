@@ -42,15 +42,6 @@ def main() -> None:
           f"from the first trial's start to the last one's end: {last - first:.0f} s")
     print(f"trials running: {busy:.0f} slot-s of {capacity:.0f}; idle: {capacity - busy:.0f} slot-s "
           f"({100 * (capacity - busy) / capacity:.1f}%)")
-    ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
-    gaps = []
-    for name, (start, _) in ordered[args.slots:]:  # a trial after the first ones waits for a slot to free
-        freed = sorted(e for n, (s, e) in spans.items() if e <= start + 1e-6 and n != name)
-        if freed:
-            gaps.append(start - freed[-1])
-    if gaps:
-        print(f"a freed slot to the next trial's start: median {sorted(gaps)[len(gaps) // 2]:.1f} s, "
-              f"max {max(gaps):.1f} s over {len(gaps)} hand-overs")
 
 
 if __name__ == "__main__":
