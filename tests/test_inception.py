@@ -86,7 +86,9 @@ def test_the_installed_package_holds_the_fid_inception(package_file, weights, mo
 def test_the_probe_reference_is_the_graphs_own_output(graph):
     with torch.no_grad():
         features = graph(2 * iw.probe_images() - 1).double().numpy()  # the graph reads [-1, 1]
-    np.testing.assert_allclose(features, iw.reference_features(), rtol=1e-6, atol=1e-6)
+    # float32 convolutions sum in an order that depends on the threads and oneDNN's kernels: one feature in
+    # 4,096 came out 1.4e-6 (5e-6 relative) off on a loaded machine
+    np.testing.assert_allclose(features, iw.reference_features(), rtol=1e-5, atol=1e-5)
 
 
 def test_pytorch_fid_architecture_with_the_mapped_weights_agrees_with_the_graph(graph, weights):
