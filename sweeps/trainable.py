@@ -19,9 +19,9 @@ import torch
 from ray import tune
 
 from fpa_core import checkpoint, storage
+from fpa_core.config import ConfigError
 from fpa_core.metrics import SCORES, best_evaluation
 from fpa_core.train_config import build_config
-from fpa_core.config import ConfigError
 from fpa_core.trainer import Evaluation, NonFiniteLossError, Trainer
 from sweeps.sweep import trial_folder
 from sweeps.tracking import TrialLogger
@@ -56,7 +56,10 @@ def run_trial(config: dict[str, Any]) -> None:
                    **ev.losses}
         report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.picture_bytes)
 
-    trainer, reported_step = _trainer(config, out, on_evaluation)
+    try:
+        trainer, reported_step = _trainer(config, out, on_evaluation)
+    except DETERMINISTIC as e:  # a config the trainer cannot take fails the same way on every retry
+        return _fail(config, logger, e, 0, placement)
     # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so
     # that Tune, Optuna and MLflow see every evaluation the trial made.
     best_uri = storage.join(out, "checkpoints", "best.pt")
@@ -70,14 +73,20 @@ def run_trial(config: dict[str, Any]) -> None:
                    trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
     try:
         summary = trainer.train()
-    except DETERMINISTIC as e:  # the same config fails the same way again: no retry (Ray's max_failures)
-        reason = f"{type(e).__name__}: {e}"
-        log.error("trial %s failed for good at step %d: %s", config["trial_id"], trainer.step, reason)
-        logger.log_failure(reason)
-        # with the sweep's metric as NaN: Ray Tune wants it in every result
-        tune.report({FAILED: reason, "step": trainer.step, metric: float("nan"), **placement})
-        return
+    except DETERMINISTIC as e:  # a loss that diverged diverges again from the same checkpoint
+        return _fail(config, logger, e, trainer.step, placement)
     logger.log_summary(summary)
+
+
+def _fail(config: dict[str, Any], logger: TrialLogger, error: Exception, step: int,
+          placement: dict[str, Any]) -> None:
+    """End the trial for good, without Ray's retries: the reason in its MLflow run, and a last result that
+    says so (``FAILED``), which the sweep's trial book records as ERROR with the reason."""
+    reason = f"{type(error).__name__}: {error}"
+    log.error("trial %s failed for good at step %d: %s", config["trial_id"], step, reason)
+    logger.log_failure(reason)
+    metric = config["train"].get("fid", {}).get("metric", "fid")  # Ray Tune wants the metric in every result
+    tune.report({FAILED: reason, "step": step, metric: float("nan"), **placement})
 
 
 def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, int]:

@@ -31,8 +31,8 @@ class TrialRecord:
     number: int  # the Optuna trial
     run_id: str  # the MLflow child run
     params: dict[str, Any]  # the sampled parameters (dotted paths)
-    metric: str = "fid"
-    config: dict[str, Any] = field(default_factory=dict)  # its TrainConfig as a mapping, built once, when asked for  # what the sweep minimises: fid or kid
+    metric: str = "fid"  # what the sweep minimises: fid or kid
+    config: dict[str, Any] = field(default_factory=dict)  # its TrainConfig as a mapping, built once, when asked for
     evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid", "kid", ...}, by step
     state: str = "RUNNING"  # RUNNING, COMPLETE, PRUNED, ERROR
     steps: int = 0
