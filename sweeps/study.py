@@ -39,8 +39,9 @@ def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
 
 def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
                store: optuna.storages.BaseStorage) -> optuna.Study:
-    """The sweep's study in its Optuna ``store`` (created, or found by name): its sampler, the sweep's pruner (for ``config``'s evaluations: the spec's trial config without sampled parameters),
-    and the first trial enqueued when the spec names one."""
+    """The sweep's study in its Optuna ``store`` (created, or found by name): its sampler, the sweep's pruner
+    (for ``config``'s evaluations: the spec's trial config without sampled parameters), and the first trial
+    enqueued when the spec names one."""
     study = optuna.create_study(
         study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
         sampler=_sampler(spec, settings.seed),
@@ -136,7 +137,10 @@ class OptunaBridge(TrialBook):
         that dies in between leaves the trial running there, and it ends again, the same way or better."""
         super()._finish(record, state, tags)
         if record.error is not None:  # why it failed, beside its parameters in the study
-            self._trial(record).set_user_attr("fpa.error", record.error)
+            try:
+                self._trial(record).set_user_attr("fpa.error", record.error)
+            except RuntimeError as e:  # finished in the study already, by a driver that died before Ray saved it
+                log.warning("Optuna trial #%d: %s", record.number, e)
         if state == "COMPLETE":
             self._tell(record, value=record.best_value, state=TrialState.COMPLETE)
         else:
