@@ -159,11 +159,15 @@ class SweepSpec:
     def cells(self) -> list[tuple[str, dict[str, Any]]]:
         """An ablation's cells, (name, overrides): the centre (the fixed config as it is), then each axis's
         values one at a time; a value equal to the centre's is the centre and not repeated."""
+        return list(self._cells)
+
+    @functools.cached_property
+    def _cells(self) -> tuple[tuple[str, dict[str, Any]], ...]:  # built once per spec, not once per trial asked
         centre = flatten(self.trial_config({}))
         cells = [("centre", {})]
         for axis, values in (self.grid or {}).items():
             cells += [(f"{axis}={_cell_value(v)}", {axis: v}) for v in values if v != centre[axis]]
-        return cells
+        return tuple(cells)
 
     def grid_space(self) -> dict[str, list[Any]]:
         """What Optuna's GridSampler runs once each: every cell with every seed."""
