@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Any
 
-import optuna
 import yaml
 
 from fpa_core import checkpoint, storage
@@ -20,9 +19,10 @@ from fpa_core.unet import fpa_of
 from sweeps import ablation, ray_tune
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec, flatten, spec_from_dict
-from sweeps.study import OptunaBridge, open_store, open_study
-from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, recorded_settings, redact,
-                          sweep_exists, sweep_folder, trial_folder, write_record, write_summary)
+from sweeps.study import OptunaBridge, check_record, keep_record_digest, open_store, open_study
+from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, record_digest,
+                          recorded_settings, redact, sweep_exists, sweep_folder, trial_folder, write_record,
+                          write_summary)
 from sweeps.tracking import SweepTracker, ui_command
 from sweeps.trials import FixedTrials, TrialBook, TrialRecord
 
@@ -42,8 +42,8 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     base = None
     if settings.stage == "unet":
         spec, base = _unet_stage(spec, settings)
-    write_record(settings, spec.to_dict(), base)  # what --resume needs, the stores without credentials
-    return _run(spec, settings, resume=False, base=base)
+    digest = write_record(settings, spec.to_dict(), base)  # what --resume needs, the stores without credentials
+    return _run(spec, settings, resume=False, base=base, digest=digest)
 
 
 def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, dict[str, Any]]:
@@ -80,11 +80,12 @@ def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = Non
     saved = read_record(storage_root, name)
     settings = recorded_settings(saved, storage_root, tracking_uri=tracking_uri, optuna_storage=optuna_storage,
                                  address=address)
+    check_record(settings, record_digest(saved))
     return _run(spec_from_dict(saved["spec"]), settings, resume=True, base=saved.get("base"))
 
 
-def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str, Any] | None = None
-         ) -> dict[str, Any]:
+def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str, Any] | None = None,
+         digest: str | None = None) -> dict[str, Any]:
     """A sweep from its first (or, resumed, its next) trial to its summary."""
     config = spec.trial_config({})
     resources = ray_tune.connect(settings)
@@ -94,28 +95,29 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         if parent_id is None:
             raise ValueError(f"sweep {settings.name} has no parent run in the MLflow store "
                              f"{redact(settings.tracking_uri)}; pass the --tracking-uri it ran with")
-        if settings.name not in optuna.get_all_study_names(settings.optuna_storage):
-            raise ValueError(f"sweep {settings.name} has no Optuna study in {redact(settings.optuna_storage)}; "
-                             "pass the --optuna-storage it ran with")
     else:
         parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict())
         if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
             tracker.log_metric(parent_id, "base_fid", base["fid"], base["step"])
     store = open_store(settings)
     study = open_study(spec, settings, config, store)
+    if digest is not None:
+        keep_record_digest(study, digest)
 
     ray_tune.prepare_real_features(config, settings, resources)
     bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings.name, _trial_context(settings), config)
-    _run_trials(settings, bridge, resources, tracker, resume=resume)
+    if resume:
+        bridge.reconcile()  # the sweep so far, as its study holds it
+    _run_trials(settings, bridge, resources, tracker)
     return _finish(spec, settings, bridge, tracker, config.fid.backbone == "inception", base)
 
 
 def _run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, float], tracker: SweepTracker,
-                resume: bool = False, resumable: bool = True) -> None:
-    """Run the trials. Interrupted (Ctrl-C: Ray saves the state and returns, its trials stopped without
-    ending): the trials stay RUNNING in Optuna and MLflow for --resume, the parent run is KILLED until then.
-    At the end, a trial still RUNNING (its Ray trial lost for good) fails."""
-    ray_tune.run_trials(settings, bridge, resources, resume=resume)
+                resumable: bool = True) -> None:
+    """Run the trials that have not ended. Interrupted (Ctrl-C or SIGTERM: Ray stops its trials without
+    ending them): the trials stay RUNNING in Optuna and MLflow for --resume, the parent run is KILLED until
+    then. At the end, a trial still RUNNING (its Ray trial lost for good) fails."""
+    ray_tune.run_trials(settings, bridge, resources, bridge.to_run(settings.num_trials))
     if bridge.interrupted():
         tracker.sweep_interrupted(bridge.parent_id)
         raise SweepInterrupted(settings.name, resumable)

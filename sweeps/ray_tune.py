@@ -1,12 +1,11 @@
 """Ray Tune: connecting to Ray, the resources of a trial and how many run at once, and the Tuner that runs a
-sweep's trials, new or restored, with a searcher and a scheduler that ask the sweep's trial book
+sweep's trials, new or resumed, with a searcher and a scheduler that ask the sweep's trial book
 (``sweeps.study.OptunaBridge`` or ``sweeps.trials.FixedTrials``) what to run and whether to stop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -30,31 +29,21 @@ from sweeps.trials import TrialBook
 log = logging.getLogger(__name__)
 
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # a user's own setting wins
-
-
-_LIVE_BRIDGES: dict[str | None, TrialBook] = {}  # the bridge of each sweep this process drives, by the sweep's name
-
-
-def bind_on_restore(name: str, bridge: TrialBook) -> None:
-    """Make ``bridge`` the one that sweep ``name``'s searcher and scheduler take up when Ray unpickles them
-    from its saved experiment (``Tuner.restore``)."""
-    _LIVE_BRIDGES[name] = bridge
+# What Ray Tune would copy from the driver's environment into every trial's runtime environment, which Ray's
+# runtime-env agent then writes in plain text to its log (ray/tune/execution/class_cache.py).
+_CREDENTIALS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
 
 
 class _Bound:
-    """A Ray Tune plug-in that talks to a bridge. Ray pickles the plug-in into the run's ``tuner.pkl``; the
-    bridge (a database connection, maybe with credentials) stays out of it, and the plug-in, unpickled by a
-    resumed sweep's driver, takes up that driver's bridge for the same sweep (``bind_on_restore``)."""
+    """A Ray Tune plug-in that talks to a bridge. Ray pickles the plug-ins into the run's ``tuner.pkl``; the
+    bridge (a database connection, maybe with credentials) stays out of it. Nothing here is ever unpickled
+    again: a resumed sweep starts a new Tuner from its study (``run_trials``), so the storage's pickles are
+    never trusted."""
 
     bridge: TrialBook | None
-    sweep: str | None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "bridge": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.bridge = _LIVE_BRIDGES.get(self.sweep)
 
 
 class BridgeSearcher(_Bound, Searcher):
@@ -63,7 +52,7 @@ class BridgeSearcher(_Bound, Searcher):
 
     def __init__(self, bridge: TrialBook):
         super().__init__(metric=bridge.metric, mode="min")
-        self.bridge, self.sweep = bridge, bridge.sweep
+        self.bridge = bridge
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = self.bridge.new_trial(trial_id)
@@ -72,13 +61,11 @@ class BridgeSearcher(_Bound, Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.bridge.complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as f:
-            json.dump(self.bridge.get_state(), f)
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass  # the sweep's state is its study's, written as it changes; Ray keeps no copy of it
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.bridge.set_state(json.load(f))
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        raise RuntimeError("a sweep resumes from its study, never from Ray's saved searcher state")
 
 
 class BridgeScheduler(_Bound, FIFOScheduler):
@@ -86,7 +73,7 @@ class BridgeScheduler(_Bound, FIFOScheduler):
 
     def __init__(self, bridge: TrialBook):
         super().__init__()
-        self.bridge, self.sweep = bridge, bridge.sweep
+        self.bridge = bridge
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -101,6 +88,7 @@ def connect(settings: SweepSettings) -> dict[str, float]:
     cluster has them now. An autoscaling cluster with no GPU node up yet needs --gpus-per-trial 1, which
     asks the autoscaler for GPU nodes."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials share the launcher's working directory
+    _keep_credentials_out_of_runtime_envs()
     if not ray.is_initialized():
         # Without --address: the cluster a Ray Job runs on (RAY_ADDRESS), else a new local Ray; never a
         # cluster that some `ray start` on this machine left behind.
@@ -114,13 +102,28 @@ def connect(settings: SweepSettings) -> dict[str, float]:
     return resources
 
 
-def run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, float], resume: bool = False) -> None:
-    """Run the sweep's trials to their end, each with ``resources``: a new Tuner, or (``resume``) the one Ray
-    saved in the sweep's storage, bound to ``bridge``. Returns when Ray does, also on Ctrl-C (Ray saves the
-    state and stops the trials, which then never end: ``bridge.interrupted()``)."""
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Trials take their S3 credentials from their own worker's environment, never from a copy that Ray Tune
+    puts in their runtime environment (and so in /tmp/ray's logs). On a local Ray the workers inherit the
+    driver's environment through the raylet; a cluster's nodes carry their own (deploy/: variables from
+    secrets, an instance role or a credentials file)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - _CREDENTIALS
+
+
+def run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, float], num_trials: int) -> None:
+    """Run ``num_trials`` Ray trials to their end, each with ``resources``, as ``bridge`` hands them out. A
+    resumed sweep runs a new Tuner too: its bridge, rebuilt from the study, hands its unfinished trials out
+    first, and each continues from the newest checkpoint in its folder. Ray's own saved experiment
+    (``tuner.pkl`` and the rest, pickles that anyone who can write the storage could change) is never read.
+    Returns when Ray does, also on Ctrl-C and SIGTERM (Ray stops the trials, which then never end:
+    ``bridge.interrupted()``)."""
+    if num_trials <= 0:
+        return
     _keep_slots_busy(settings, resources)
     trainable = tune.with_resources(run_trial, resources)
-    tuner = _restored_tuner(settings, trainable, bridge) if resume else _new_tuner(settings, trainable, bridge)
+    tuner = _tuner(settings, trainable, bridge, num_trials)
     with _sigterm_as_ctrl_c():
         tuner.fit()
 
@@ -144,11 +147,11 @@ def _sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _new_tuner(settings: SweepSettings, trainable, bridge: TrialBook) -> tune.Tuner:
+def _tuner(settings: SweepSettings, trainable, bridge: TrialBook, num_trials: int) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=BridgeSearcher(bridge), scheduler=BridgeScheduler(bridge),
-                                    num_samples=settings.num_trials, max_concurrent_trials=settings.max_concurrent,
+                                    num_samples=num_trials, max_concurrent_trials=settings.max_concurrent,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
@@ -199,19 +202,6 @@ def _keep_slots_busy(settings: SweepSettings, resources: dict[str, float]) -> No
     (with a custom searcher Tune holds one, so trials started one after another), and reuse the finished
     trial's worker process for it (no new interpreter, torch import and Inception weights each time)."""
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(_slots(settings, resources))
-
-
-def _restored_tuner(settings: SweepSettings, trainable, bridge: TrialBook) -> tune.Tuner:
-    ray_storage = _ray_storage(settings.storage)
-    path = storage.join(ray_storage["storage_path"], settings.name)
-    if not tune.Tuner.can_restore(path, storage_filesystem=ray_storage.get("storage_filesystem")):
-        raise ValueError(f"sweep {settings.name} has no Ray experiment state in {settings.storage} (its driver "
-                         "died before Ray saved any); start it again under a new --name")
-    if (settings.address or "").startswith("ray://"):  # the Tuner would run on the head, away from this bridge
-        raise ValueError("--resume needs a driver attached with --address auto or on the head, not a ray:// client")
-    bind_on_restore(settings.name, bridge)  # the searcher and scheduler Ray unpickles take this run's bridge
-    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False,
-                              storage_filesystem=ray_storage.get("storage_filesystem"))
 
 
 def _trial_name(trial) -> str:

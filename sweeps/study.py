@@ -2,9 +2,9 @@
 every evaluation a trial reports on whether it stops (its pruner, from ``sweeps.pruning``).
 
 ``OptunaBridge`` is the sweep's trial book (``sweeps.trials``) backed by the study, keyed by trial name
-(``trial_<Optuna number>``), never by Ray's trial id: after a driver dies, a trial it had asked Optuna for
-but Ray had not yet saved is handed to the next Ray trial (``new_trial``), which continues it in the same
-folder and MLflow run. The study is what a resumed sweep trusts (``reconcile``).
+(``trial_<Optuna number>``), never by Ray's trial id. The study is the sweep's state, and all that a resumed
+sweep trusts (``reconcile``): each trial that a dead or interrupted driver left unfinished is handed to the
+next Ray trial (``new_trial``), which continues it in the same folder and MLflow run.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from fpa_core.config import to_dict
 from fpa_core.train_config import TrainConfig
 from sweeps.pruning import make_pruner
 from sweeps.space import SweepSpec, flatten
-from sweeps.sweep import SweepSettings
+from sweeps.sweep import SweepSettings, redact
 from sweeps.tracking import SweepTracker
 from sweeps.trials import TrialBook, TrialRecord, trial_name
 
 log = logging.getLogger(__name__)
 
 _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
+RECORD_DIGEST = "fpa.sweep_json_sha256"  # the study's attribute: the digest of the sweep's sweep.json
 
 
 def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
@@ -54,6 +55,31 @@ def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
     return study
 
 
+def keep_record_digest(study: optuna.Study, digest: str) -> None:
+    """A new sweep's study keeps the digest of its sweep.json (``sweeps.sweep.record_digest``)."""
+    study.set_user_attr(RECORD_DIGEST, digest)
+
+
+def check_record(settings: SweepSettings, digest: str) -> None:
+    """Before a sweep resumes: its study is in the Optuna store, and its sweep.json (in the storage, which
+    need not be trusted) is the one the sweep was started with. A ValueError says what is wrong."""
+    store = open_store(settings)
+    try:
+        study = optuna.load_study(study_name=settings.name, storage=store)
+    except KeyError:
+        raise ValueError(f"sweep {settings.name} has no Optuna study in {redact(settings.optuna_storage)}; pass "
+                         "the --optuna-storage it ran with") from None
+    recorded = study.user_attrs.get(RECORD_DIGEST)
+    if recorded is None:  # a sweep started before its study kept the digest: trusted once, kept from now on
+        log.warning("sweep %s's study holds no digest of its sweep.json; keeping this one's", settings.name)
+        keep_record_digest(study, digest)
+    elif recorded != digest:
+        raise ValueError(
+            f"{settings.folder}/sweep.json is not the one sweep {settings.name} was started with (its Optuna study "
+            f"keeps SHA-256 {recorded[:12]}..., the file has {digest[:12]}...): something changed it in the "
+            "storage. Not resumed; restore the file, or start a new sweep")
+
+
 def _sampler(spec: SweepSpec, seed: int | None) -> optuna.samplers.BaseSampler:
     """A search: TPE (multivariate, grouped). An ablation: GridSampler, each cell and seed once; it reads the
     study's trials, so a resumed ablation does not repeat a cell that ran or runs."""
@@ -72,8 +98,8 @@ class _Grid(optuna.samplers.GridSampler):
 
 class OptunaBridge(TrialBook):
     """The study and the sweep's trials, keyed by name (``trial_<Optuna number>``), never by Ray's trial id:
-    after a driver dies, a trial it had asked Optuna for but Ray had not yet saved is handed to the next
-    Ray trial (``new_trial``), which continues it in the same folder and MLflow run."""
+    a resumed sweep's unfinished trials are handed to its first Ray trials (``new_trial``), each of which
+    continues one in the same folder and MLflow run."""
 
     def __init__(self, spec: SweepSpec, study: optuna.Study, store: optuna.storages.BaseStorage,
                  tracker: SweepTracker, parent_id: str, sweep: str, trial_context: dict[str, Any],
@@ -119,7 +145,7 @@ class OptunaBridge(TrialBook):
                                       tags={"fpa.optuna_trial": str(number)})
 
     def _orphan(self) -> TrialRecord | None:
-        """A running trial that no Ray trial holds: asked for by a driver that died before Ray saved it."""
+        """A running trial that no Ray trial holds: one that a resumed sweep's previous driver left unfinished."""
         orphans = [r for r in self.records.values() if r.state == "RUNNING" and r.ray_trial_id is None]
         if not orphans:
             return None
@@ -128,9 +154,10 @@ class OptunaBridge(TrialBook):
         return record
 
     def _trial_config(self, record: TrialRecord) -> dict[str, Any]:
-        if not record.config:  # a record that Ray saved before configs travelled with records
-            record.config = to_dict(self.spec.trial_config(record.params))
-        return {"train": record.config, "run_id": record.run_id, "trial_id": record.trial_id, **self.trial_context}
+        """What the Ray trial runs: its config and context, and the last step whose evaluation the study has
+        (a continued trial reports only the evaluations after it)."""
+        return {"train": record.config, "run_id": record.run_id, "trial_id": record.trial_id,
+                "reported_step": max((e["step"] for e in record.evaluations), default=0), **self.trial_context}
 
     def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
         """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
@@ -139,7 +166,7 @@ class OptunaBridge(TrialBook):
         if record.error is not None:  # why it failed, beside its parameters in the study
             try:
                 self._trial(record).set_user_attr("fpa.error", record.error)
-            except RuntimeError as e:  # finished in the study already, by a driver that died before Ray saved it
+            except RuntimeError as e:  # finished in the study already, by another driver on the same sweep
                 log.warning("Optuna trial #%d: %s", record.number, e)
         if state == "COMPLETE":
             self._tell(record, value=record.best_value, state=TrialState.COMPLETE)
@@ -153,7 +180,7 @@ class OptunaBridge(TrialBook):
         record = self._record(ray_trial_id)
         if record is None:
             return False
-        if record.state != "RUNNING":  # e.g. pruned by a driver that died before Ray saved the decision
+        if record.state != "RUNNING":  # a result that Ray sent before it stopped a pruned trial
             return True
         if self.failed(record, result):
             return True
@@ -165,6 +192,8 @@ class OptunaBridge(TrialBook):
             return False
         trial = self._trial(record)
         trial.report(value, step)  # a step reported before a restart is kept as it was
+        trial.set_user_attr("fpa.evaluations", record.evaluations)  # all its scores, for a resumed sweep
+        trial.set_user_attr("fpa.placement", record.placement)
         self._seen(record, value)
         if step >= self.max_steps or not trial.should_prune():
             return False
@@ -180,38 +209,35 @@ class OptunaBridge(TrialBook):
         return self._live[record.trial_id]
 
     def _tell(self, record: TrialRecord, value: float | None = None, state: TrialState = TrialState.COMPLETE) -> None:
-        # A trial finished in the study already (by a driver that died before Ray saved it) stays as it ended.
+        # A trial finished in the study already (by another driver on the same sweep) stays as it ended.
         self.study.tell(record.number, value, state=state, skip_if_finished=True)
 
-    # -- state, saved with Ray's experiment --------------------------------------------------------------
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Ray's saved state of the sweep, brought up to date with the study, which a dead driver may have
-        changed after Ray's last save."""
-        super().set_state(state)
-        self.reconcile()
+    # -- a resumed sweep ---------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Take each trial's state and FIDs from the study; adopt the study's trials Ray never saved."""
-        by_number = {r.number: r for r in self.records.values()}
+        """The sweep's trials as its study holds them (a resumed sweep trusts nothing else): each trial's
+        name, parameters, MLflow run, evaluations, state and failure. A trial still RUNNING there is handed to
+        the next Ray trial (``new_trial``), which continues it from its checkpoints."""
         for frozen in self.study.get_trials(deepcopy=False):
-            record = by_number.get(frozen.number)
-            if record is None:
-                attrs = frozen.user_attrs
-                if frozen.state == TrialState.WAITING:  # enqueued, not asked for yet
-                    continue
-                if "fpa.params" not in attrs:  # asked for by a driver that died before it kept the parameters
-                    if frozen.state == TrialState.RUNNING:
-                        self.study.tell(frozen.number, state=TrialState.FAIL)
-                    continue
-                name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
-                config = to_dict(self.spec.trial_config(params))
-                run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
-                record = TrialRecord(name, frozen.number, run_id, params, self.metric, config=config)
-                self.records[name] = record
+            attrs = frozen.user_attrs
+            if frozen.state == TrialState.WAITING:  # enqueued, not asked for yet
+                continue
+            if "fpa.params" not in attrs:  # asked for by a driver that died before it kept the parameters
+                if frozen.state == TrialState.RUNNING:
+                    self.study.tell(frozen.number, state=TrialState.FAIL)
+                continue
+            name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
+            config = to_dict(self.spec.trial_config(params))
+            run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
+            record = TrialRecord(name, frozen.number, run_id, params, self.metric, config=config,
+                                 placement=dict(attrs.get("fpa.placement", {})), error=attrs.get("fpa.error"))
+            # Every score of each evaluation (the study's own values hold only the metric's)
+            for evaluation in attrs.get("fpa.evaluations", []):
+                record.note(evaluation)
             for step, value in frozen.intermediate_values.items():
                 record.note({"step": step, self.metric: value})
-            if frozen.state in _FINISHED:
-                record.state = _FINISHED[frozen.state]
+            record.state = _FINISHED.get(frozen.state, "RUNNING")
+            self.records[name] = record
+            self.reports += len(record.evaluations)
             if record.best_value is not None and (self.best is None or record.best_value < self.best[0]):
                 self.best = (record.best_value, record.trial_id)

@@ -13,6 +13,7 @@ Every URL is recorded and shown without its credentials; a tracking URI that car
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -60,12 +61,13 @@ class SweepNotFound(ValueError):
 
 
 class SweepInterrupted(RuntimeError):
-    """Ctrl-C (or SIGTERM to Ray's driver): Ray saved the sweep's state; ``--resume`` continues it."""
+    """Ctrl-C (or SIGTERM to the driver): the trials stopped, their study and checkpoints kept; ``--resume``
+    continues them."""
 
     def __init__(self, name: str, resumable: bool = True):
         hint = (f"continue it with: python sweeps/launch.py --resume {name} (and the same --storage)" if resumable
                 else "its trials' checkpoints are kept; run sweeps/continue_best.py again under a new --name")
-        super().__init__(f"{name} was interrupted and Ray saved its state; {hint}")
+        super().__init__(f"{name} was interrupted; its study and its trials' checkpoints are kept; {hint}")
         self.name = name
 
 
@@ -166,9 +168,17 @@ def sweep_exists(root: str, name: str) -> bool:
     return storage.exists(storage.join(root, name, SWEEP_FILE))
 
 
-def write_record(settings: SweepSettings, spec: dict[str, Any], base: dict[str, Any] | None) -> None:
-    storage.write_bytes(storage.join(settings.folder, SWEEP_FILE), json.dumps(
-        {"spec": spec, "settings": settings.public(), "base": base}, indent=2).encode())
+def write_record(settings: SweepSettings, spec: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """Write the sweep's sweep.json; returns its digest (``record_digest``)."""
+    record = {"spec": spec, "settings": settings.public(), "base": base}
+    storage.write_bytes(storage.join(settings.folder, SWEEP_FILE), json.dumps(record, indent=2).encode())
+    return record_digest(record)
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """The SHA-256 of a sweep record's content (its keys sorted): the sweep's study keeps it, so that a resumed
+    sweep can tell that its sweep.json is the one it was started with."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def read_record(root: str, name: str) -> dict[str, Any]:

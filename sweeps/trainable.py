@@ -90,18 +90,19 @@ def _fail(config: dict[str, Any], logger: TrialLogger, error: Exception, step: i
 
 
 def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, int]:
-    """A restarted trial continues from the newest checkpoint it has: the one it last reported to Tune, or a
-    later periodic one in its folder (every checkpoint resumes exactly). A new trial starts. Also returns
-    the step up to which the trial's FIDs have been reported (or belong to the run it continues)."""
+    """A restarted trial (by Ray after a failure, or by a resumed sweep) continues from the newest checkpoint
+    it has: the one it last reported to Tune, or a later periodic one in its folder (every checkpoint resumes
+    exactly). A new trial starts. Also returns the step up to which the trial's FIDs have been reported (to
+    the sweep's study, or in the run it continues)."""
     overrides = {"steps": config["train"]["steps"]}
     found = checkpoint.latest_checkpoints(storage.join(out, "checkpoints"))  # [(step, uri)], oldest first
-    reported_step = 0
+    reported_step = int(config.get("reported_step", 0))
     reported = tune.get_checkpoint()
     if reported is not None:
         with reported.as_directory() as folder:
             pointer = json.loads(Path(folder, POINTER).read_text())
         found.append((pointer["step"], pointer["checkpoint"]))
-        reported_step = pointer["step"]
+        reported_step = max(reported_step, pointer["step"])
     init_from = config.get("init_from")  # a continuation: from another run's checkpoint
     if not found and init_from:
         log.info("trial %s starts from %s", config["trial_id"], init_from)
@@ -109,7 +110,7 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, 
         # Its best so far is the continued run's, until an evaluation here beats it: start from that file.
         origin_best = storage.join(init_from.rsplit("/", 1)[0], "best.pt")
         if trainer.best is not None and storage.exists(origin_best):
-            storage.write_bytes(storage.join(out, "checkpoints", "best.pt"), storage.read_bytes(origin_best))
+            storage.copy(origin_best, storage.join(out, "checkpoints", "best.pt"))
         return trainer, trainer.step
     if not found:
         return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation), 0

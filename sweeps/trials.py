@@ -9,7 +9,7 @@ advance. Ray Tune sees either through ``sweeps.ray_tune``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fpa_core.metrics import SCORES, best_evaluation
@@ -75,7 +75,7 @@ def trial_name(number: int) -> str:
 
 
 class TrialBook:
-    """Trials by name, which Ray trial holds each one, and the best value so far; saved with Ray's experiment."""
+    """Trials by name, which Ray trial holds each one, and the best value so far."""
 
     metric: str  # what the sweep minimises: fid or kid
     sweep: str | None  # the sweep's name; None for trials that are never resumed
@@ -93,13 +93,10 @@ class TrialBook:
         """Take a result a trial reported; True when the trial stops now."""
         raise NotImplementedError
 
-    def get_state(self) -> dict[str, Any]:
-        return {"records": {k: asdict(v) for k, v in self.records.items()}, "best": self.best, "reports": self.reports}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.records = {k: TrialRecord(**v) for k, v in state["records"].items()}
-        self.best = tuple(state["best"]) if state["best"] else None
-        self.reports = state["reports"]
+    def to_run(self, total: int) -> int:
+        """How many Ray trials a sweep of ``total`` trials still runs: every trial that has not ended (a resumed
+        sweep's unfinished trials among them, which its first Ray trials take up)."""
+        return max(0, total - sum(r.state != "RUNNING" for r in self.records.values()))
 
     def _seen(self, record: TrialRecord, value: float) -> None:
         """One more reported evaluation: the parent's best-so-far curve gets a point when it is a new best."""
@@ -149,8 +146,7 @@ class TrialBook:
         self.tracker.trial_ended(record, state, tags or {})
 
     def attach(self, ray_trial_id: str, name: str | None) -> None:
-        """A Ray trial that Ray restored holds the trial named in its config, whatever the saved state said
-        (Ray saves its trials and the searcher's state one after the other)."""
+        """The Ray trial ``ray_trial_id`` holds the trial named in its config."""
         record = self.records.get(name) if name else None
         if record is not None:
             record.ray_trial_id = ray_trial_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -21,6 +22,16 @@ from sweeps.continue_best import main as continue_best_main  # noqa: E402
 from sweeps.launch import main as launch_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Payload:
+    """A pickle that, once loaded, leaves a file behind: what an attacker would plant in the storage."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
 
 
 def _trial_folders(root: Path) -> list[Path]:
@@ -135,8 +146,9 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
 
 
 def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folder):
-    """What Ray saved is older than the study: the new bridge trusts the study, and hands a trial that Ray
-    never saved to the next Ray trial, in the same folder and MLflow run."""
+    """A resumed sweep's bridge is rebuilt from the study alone: finished trials stay finished with all their
+    scores, and each trial the dead driver left running (one it asked for a moment before dying among them)
+    goes to the next Ray trial, in the same folder and MLflow run, told which evaluations the study has."""
     from sweeps.study import OptunaBridge
     from sweeps.space import load_sweep
     from sweeps.tracking import SweepTracker
@@ -154,29 +166,36 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     optuna.create_study(study_name="s", storage=storage_url)
     dead = bridge()
     first = dead.new_trial("ray-a")
-    dead.new_trial("ray-b")
-    saved = json.loads(json.dumps(dead.get_state()))  # Ray's last save: it knew of ray-a and ray-b
-    assert dead.report("ray-a", {"step": 6, "fid": 10.0}) is False
-    dead.complete("ray-a", {"step": 6}, error=False)  # finished after the save
-    lost = dead.new_trial("ray-c")  # asked for after the save, then the driver died
+    running = dead.new_trial("ray-b")
+    assert dead.report("ray-a", {"step": 6, "fid": 10.0, "kid": 0.1}) is False
+    dead.complete("ray-a", {"step": 6}, error=False)
+    assert dead.report("ray-b", {"step": 3, "fid": 11.0, "kid": 0.2, "node_id": "n1"}) is False
+    lost = dead.new_trial("ray-c")  # asked for, then the driver died
     unnamed = dead.study.ask()  # the driver died right after asking: nothing kept, so nothing to continue
     half = dead.study.ask()  # ... or after keeping the parameters, before creating the MLflow run
     half.set_user_attr("fpa.trial", f"trial_{half.number:04d}")
     half.set_user_attr("fpa.params", {"model.d_hidden": 32})
 
     alive = bridge()
-    alive.set_state(saved)
-    assert alive.records[first["trial_id"]].state == "COMPLETE" and alive.best[0] == 10.0
-    assert alive.report("ray-a", {"step": 6, "fid": 10.0}) is True  # Ray resumes it: it stops at once
-    taken = alive.new_trial("ray-d")  # Ray's next new trial takes up the lost one
-    assert (taken["trial_id"], taken["run_id"]) == (lost["trial_id"], lost["run_id"])
-    taken_half = alive.new_trial("ray-e")
+    alive.reconcile()
+    done = alive.records[first["trial_id"]]
+    assert done.state == "COMPLETE" and done.evaluations == [{"step": 6, "fid": 10.0, "kid": 0.1}]
+    assert alive.best == (10.0, first["trial_id"]) and alive.reports == 2
+    assert alive.to_run(6) == 5  # the one that ended is not run again
+    taken = alive.new_trial("ray-d")  # the first Ray trials take up the unfinished ones, oldest first
+    assert (taken["trial_id"], taken["run_id"], taken["reported_step"]) == (running["trial_id"], running["run_id"], 3)
+    assert alive.records[running["trial_id"]].best == {"step": 3, "fid": 11.0, "kid": 0.2}
+    assert alive.records[running["trial_id"]].placement == {"node_id": "n1"}
+    taken_lost = alive.new_trial("ray-e")
+    assert (taken_lost["trial_id"], taken_lost["run_id"], taken_lost["reported_step"]) == (
+        lost["trial_id"], lost["run_id"], 0)
+    taken_half = alive.new_trial("ray-f")
     assert taken_half["trial_id"] == f"trial_{half.number:04d}" and taken_half["train"]["model"]["d_hidden"] == 32
-    fresh = alive.new_trial("ray-f")
-    assert fresh["trial_id"] not in {first["trial_id"], lost["trial_id"], taken_half["trial_id"]}
-    assert alive.report("ray-d", {"step": 3, "fid": 12.5}) is False  # its Optuna handle, rebuilt from the store
-    alive.complete("ray-d", {"step": 6, "fid": 12.0}, error=False)
-    alive.close_out()  # ray-b, ray-e and ray-f never reported: failed, never COMPLETE
+    fresh = alive.new_trial("ray-g")
+    assert fresh["trial_id"] not in {first["trial_id"], running["trial_id"], lost["trial_id"], taken_half["trial_id"]}
+    assert alive.report("ray-e", {"step": 3, "fid": 12.5}) is False  # its Optuna handle, rebuilt from the store
+    alive.complete("ray-e", {"step": 6, "fid": 12.0}, error=False)
+    alive.close_out()  # ray-d, ray-f and ray-g never reported again: failed, never COMPLETE
     states = {t.number: t.state.name for t in optuna.load_study(study_name="s", storage=storage_url).trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", unnamed.number: "FAIL", half.number: "FAIL",
                       5: "FAIL"}
@@ -212,8 +231,24 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_fol
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{root / 'optuna.db'}")
     assert {t.state.name for t in study.trials} <= {"RUNNING", "COMPLETE"}  # nothing failed by the interrupt
 
+    # Whoever can write the storage cannot run code through it: Ray's pickles there are never read ...
+    planted = sorted(root.rglob("*.pkl"))
+    assert root / "tuner.pkl" in planted
+    for path in planted:
+        path.write_bytes(pickle.dumps(_Payload(tmp_path / "payload-ran")))
+    # ... and a changed sweep.json is refused, before any work.
+    record = root / "sweep.json"
+    original = record.read_text()
+    changed = json.loads(original)
+    changed["spec"]["fixed"]["steps"] = 900
+    record.write_text(json.dumps(changed, indent=2))
+    refused = run_main(launch_main, "--resume", "interrupted", *common)
+    assert refused.returncode == 2 and "sweep.json is not the one" in refused.stderr, refused.stderr
+    record.write_text(original)
+
     result = run_launch("--resume", "interrupted", *common, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / "payload-ran").exists()
     summary = json.loads((root / "summary.json").read_text())
     assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 9)] * 2
     _, parent, runs = child_runs(tracking, summary)
