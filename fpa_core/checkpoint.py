@@ -6,7 +6,6 @@ A checkpoint is a dict of tensors and plain Python values (no NumPy arrays, no c
 
 from __future__ import annotations
 
-import io
 import random
 import re
 from importlib.metadata import entry_points
@@ -25,20 +24,46 @@ LATEST_RE = re.compile(r"^latest-(\d{8})\.pt$")
 
 
 def save(uri: str, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+    """Write ``state`` to ``uri`` atomically, streamed through a file (never a second copy in memory). A write
+    that fails (a full disk) raises its OSError."""
+    with storage.writing(uri) as path, open(path, "wb") as f:
+        sink = _Sink(f)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch reports a failed write as "enforce fail ... unexpected pos"
+                raise sink.error from None
+            raise
+
+
+class _Sink:
+    """A file for torch.save that keeps the OSError of a write that failed."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def load(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, its tensors mapped from the file (``mmap``: pages are read as they are used,
+    and nothing is held twice)."""
     try:
-        data = storage.read_bytes(uri)
+        with storage.reading(uri) as path:
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except Exception as e:  # a truncated file, a foreign pickle, or one that would run code
+                raise ValueError(f"{uri} is not a readable FPA checkpoint ({type(e).__name__}: {e})") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {uri}") from None
-    try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated file, a foreign pickle, or one that would run code
-        raise ValueError(f"{uri} is not a readable FPA checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{uri} is not an FPA checkpoint of format version 1 or {FORMAT_VERSION}")
     return _upgrade(state)

@@ -7,9 +7,13 @@ standard AWS environment variables, shared files or profile; nothing here logs o
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,18 +47,76 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
         bucket, key = _split(uri)
         _client().put_object(Bucket=bucket, Key=key, Body=data)  # a PUT is atomic
         return
+    with writing(uri) as path:
+        path.write_bytes(data)
+
+
+@contextlib.contextmanager
+def writing(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local file to write the object into, in one pass and without holding it in memory; published
+    atomically when the block ends without an error (a reader sees the old object or the new one), discarded
+    otherwise. Local: a temporary file beside it, synced, then renamed. S3: a temporary file, then boto3's
+    managed transfer, in parts of 64 MB for large files (a failed part is sent again, not the whole file;
+    no 5 GB limit); the object appears when the last part is in."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        fd, tmp = tempfile.mkstemp(prefix="fpa-upload-", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            _client().upload_file(tmp, bucket, key, Config=_transfer_config())
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def reading(uri: str | os.PathLike) -> Iterator[Path]:
+    """The object as a local file, for as long as the block runs: a local path as it is; an S3 object
+    downloaded to a temporary file (boto3's managed transfer, in parts), removed afterwards (a file mapped into
+    memory stays readable after that). FileNotFoundError when there is none."""
+    if not is_s3(uri):
+        if not Path(uri).is_file():
+            raise FileNotFoundError(f"no file at {uri}")
+        yield Path(uri)
+        return
+    bucket, key = _split(uri)
+    fd, tmp = tempfile.mkstemp(prefix="fpa-download-", suffix=".tmp")
+    os.close(fd)
+    try:
+        from botocore.exceptions import ClientError
+
+        try:
+            _client().download_file(bucket, key, tmp, Config=_transfer_config())
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
+                raise FileNotFoundError(f"no object at {uri}") from None
+            raise
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def copy(source: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy an object or file (any size, never whole in memory): within S3, a server-side managed copy."""
+    if is_s3(source) and is_s3(dest):
+        (src_bucket, src_key), (bucket, key) = _split(source), _split(dest)
+        _client().copy({"Bucket": src_bucket, "Key": src_key}, bucket, key, Config=_transfer_config())
+        return
+    with reading(source) as local, writing(dest) as out:
+        shutil.copyfile(local, out)
 
 
 def exists(uri: str | os.PathLike) -> bool:
@@ -88,6 +150,22 @@ def remove(uri: str | os.PathLike) -> None:
         Path(uri).unlink(missing_ok=True)
 
 
+_LOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ESTALE, errno.ENOTCONN}
+
+
+def is_lost_storage(error: BaseException) -> bool:
+    """Whether ``error`` says the disk or the storage is gone: full, failing, read-only or unmounted, or (where
+    boto3 is installed) an S3 endpoint still not answering after the retries, or refusing requests."""
+    if isinstance(error, OSError) and error.errno in _LOST_ERRNOS:
+        return True
+    try:
+        from boto3.exceptions import Boto3Error  # a managed transfer's failure (S3UploadFailedError, ...)
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return False
+    return isinstance(error, (Boto3Error, BotoCoreError, ClientError))
+
+
 def location_problem(uri: str | os.PathLike | None) -> str | None:
     """What is wrong with a folder or s3:// location given on a command line, or None."""
     if uri is not None and is_s3(uri) and not str(uri)[len("s3://"):].partition("/")[0]:
@@ -106,6 +184,12 @@ def _client():
     return _client_for(os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=4)
+
+
 @functools.lru_cache(maxsize=4)
 def _client_for(endpoint_url: str | None):
     try:
@@ -115,8 +199,11 @@ def _client_for(endpoint_url: str | None):
     from botocore.config import Config
 
     # Outages of seconds are ridden out: botocore's adaptive retries with backoff, a bounded number of attempts
-    # (FPA_S3_MAX_ATTEMPTS), and timeouts that end a dead endpoint's calls instead of hanging on them.
+    # (FPA_S3_MAX_ATTEMPTS), and timeouts (FPA_S3_TIMEOUT seconds to read an answer) that end a dead endpoint's
+    # calls instead of hanging on them.
     attempts = int(os.environ.get("FPA_S3_MAX_ATTEMPTS", "10"))
-    config = Config(retries={"mode": "adaptive", "total_max_attempts": attempts}, connect_timeout=10, read_timeout=120)
+    timeout = float(os.environ.get("FPA_S3_TIMEOUT", "120"))
+    config = Config(retries={"mode": "adaptive", "total_max_attempts": attempts}, connect_timeout=min(10.0, timeout),
+                    read_timeout=timeout)
     # boto3 reads AWS_ENDPOINT_URL itself (botocore >= 1.31); passing it keeps older releases working.
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
+    resume = f"python -m fpa_core.train --out {trainer.folder.root} --resume"
     try:
         summary = trainer.train()
     except NonFiniteLossError as e:
@@ -71,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted at step {trainer.step}; the last checkpoint is {trainer.last_checkpoint}. "
-              f"Continue with: python -m fpa_core.train --out {trainer.folder.root} --resume", file=sys.stderr)
+              f"Continue with: {resume}", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not storage.is_lost_storage(e):  # a full disk, a storage that stopped answering: said below
+            raise
+        print(f"error: the run lost its storage at step {trainer.step} ({type(e).__name__}: {e}). Every file "
+              f"written before is intact; the last good checkpoint is {trainer.last_checkpoint or 'none yet'}. "
+              f"Once the storage is back (or has room), continue with: {resume}", file=sys.stderr)
+        return 1
     label = "FID" if summary["fid_calibrated"] else "FID (uncalibrated: inception-random)"
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s")
     for name in ("best", "final"):

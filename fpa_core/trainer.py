@@ -429,8 +429,8 @@ class Trainer:
         folder = self.folder.uri("checkpoints")
         uri = storage.join(folder, checkpoint.latest_name(self.step))
         checkpoint.save(uri, self._state())
+        self.last_checkpoint = uri  # whole from here on, whatever happens to the pruning below
         checkpoint.prune_latest(folder, self.cfg.checkpoint.keep)
-        self.last_checkpoint = uri
         if storage.is_s3(self.folder.root):
             self.folder.flush()
 

@@ -13,12 +13,21 @@ EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifact
             ".pytest_cache", ".hypothesis", ".whl", ".gl"]
 
 
+class JobServerUnreachable(ValueError):
+    """--submit names an address where no Ray job server answers."""
+
+
 def submit(address: str, launch_args: list[str], detach: bool = False) -> int:
     """Submit ``python sweeps/launch.py LAUNCH_ARGS`` to the job server at ``address``; follow it unless detached."""
     _use_token_auth_if_available()  # before Ray is imported: it reads the mode once
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError:
+        raise JobServerUnreachable(
+            f"--submit {address}: no Ray job server answers there; start the cluster's head (`ray start --head`, "
+            "or `docker compose up`) and pass its dashboard address, e.g. http://HEAD:8265") from None
     entrypoint = command_line(launch_args)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
     print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)

@@ -25,7 +25,7 @@ from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
 from fpa_core.metrics import METRICS  # noqa: E402
 from sweeps.pruning import PRUNERS  # noqa: E402
-from sweeps.jobs import submit  # noqa: E402
+from sweeps.jobs import JobServerUnreachable, submit  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
 from sweeps.sweep import (SweepInterrupted, SweepNotFound, new_settings, read_record,  # noqa: E402
                           resolve_storage, tracking_uri_problems)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             parser.error("; ".join(problems))
     if args.submit:
-        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+        return _submit(parser, args, argv)
 
     from sweeps.driver import run_sweep
 
@@ -128,7 +128,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except Exception as e:
+        return _lost_storage(e, settings.name, settings.folder)
     return 0 if summary["best"] else 1
+
+
+def _lost_storage(error: Exception, name: str, folder: str) -> int:
+    """A sweep whose disk or storage went away: one message, how to go on, exit 1; anything else is a bug."""
+    if not storage.is_lost_storage(error):
+        raise error
+    print(f"\nerror: sweep {name} lost its storage ({type(error).__name__}: {error}). What it wrote to {folder} "
+          "is intact: each trial's checkpoints (the newest that loads is where it goes on), and its study. Once the "
+          f"storage is back (or has room), continue with: python sweeps/launch.py --resume {name} (and the same "
+          "--storage)", file=sys.stderr)
+    return 1
+
+
+def _submit(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    try:
+        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+    except JobServerUnreachable as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def _first(*values):
@@ -138,7 +158,7 @@ def _first(*values):
 
 def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.submit:
-        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+        return _submit(parser, args, argv)
     root = resolve_storage(args.storage)
     try:
         read_record(root, args.resume)  # a sweep that is not there is named before Ray, Optuna and MLflow load
@@ -154,6 +174,8 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: lis
         return 130
     except (SweepNotFound, SpaceError, ConfigError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except Exception as e:
+        return _lost_storage(e, args.resume, storage.join(root, args.resume))
     return 0 if summary["best"] else 1
 
 

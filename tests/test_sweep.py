@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from fpa_core import storage
-from conftest import child_runs, own_ray, run_launch, run_main, settings, sweep_file, tracking_db
+from conftest import child_runs, free_port, own_ray, run_launch, run_main, settings, sweep_file, tracking_db
 
 ray = pytest.importorskip("ray")
 
@@ -165,6 +165,10 @@ def test_launch_rejects_bad_input_before_any_work(tmp_path):
     assert "--tracking-uri 'http://[::1:5000' is not a valid URI" in result.stderr
     result = run_main(launch_main, "--dataset", "digits", "--num-trials", "0", "--detach")
     assert result.returncode == 2 and "--num-trials" in result.stderr and "--detach" in result.stderr
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_main(launch_main, "--dataset", "digits", "--submit", closed)
+    assert result.returncode == 2 and f"--submit {closed}: no Ray job server answers there" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
     result = run_launch("--dataset", "digits", "--set", "fid.backbone=inception", "--storage", str(tmp_path / "o"),
                         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", timeout=300,
                         env={"FPA_FID_WEIGHTS": str(tmp_path / "missing.pth")})
