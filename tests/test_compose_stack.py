@@ -149,3 +149,22 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
         assert http(search, {"Authorization": basic, "Host": "attacker.example"})[0] in (400, 403)
         # So does Ray's job server, without its token.
         assert http(f"{dashboard_url}/api/jobs/")[0] == 401
+
+        # No credential on disk or on a console: not in Ray's files (its runtime-env agent logs what Ray Tune
+        # puts in a trial's runtime environment), the services' logs, the bucket, either database, nor the
+        # commands' output. The secrets are the test's own random values, so any hit is a leak.
+        markers = {name: secret[name] for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD")}
+        console = result.stdout + result.stderr + promoted.stdout + promoted.stderr
+        leaks = [f"{name} on the console" for name, value in markers.items() if value in console]
+        grep = subprocess.run(["grep", "-rlaF", *[a for v in markers.values() for a in ("-e", v)], "/tmp/ray",
+                               str(tmp_path)], capture_output=True, text=True)
+        leaks += [path for path in grep.stdout.splitlines()
+                  if Path(path).name not in ("basic_auth.ini", "basic_auth.db")]  # MLflow's own user store
+        for key in keys:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            leaks += [f"{name} in s3://{bucket}/{key}" for name, value in markers.items() if value.encode() in body]
+        for url in (mlflow_db, optuna_db):
+            dump = subprocess.run(["pg_dump", "--data-only", url.replace("+psycopg2", "")], capture_output=True,
+                                  text=True, check=True).stdout
+            leaks += [f"{name} in {url}" for name, value in markers.items() if value in dump]
+        assert not leaks, leaks
