@@ -2,6 +2,7 @@
 
     python benchmarks/digits_recipe.py --round 1 [--jobs 2] [--out runs/recipe]     # one change at a time
     python benchmarks/digits_recipe.py --round 2 ...                                # the changes combined
+    python benchmarks/digits_recipe.py --round 5 --steps 2000 --num-images 200      # the pixel range, 3 seeds
 
 Every variant is ``python -m fpa_core.train --config digits`` with the overrides below, on scikit-learn's
 digits at 32 x 32, scored at its last step with the calibrated FID Inception (2048-d, JPEG) on --num-images
@@ -72,6 +73,10 @@ ROUNDS = {
                                               "discriminator.small_size": 16}),
         "final, range [-1, 1]": {**FINAL, "data.range": [-1, 1]},
         "final, lr 2e-4": {**FINAL, "optim.lr": 2e-4},
+    },
+    5: {  # the pixel range at the final recipe, 3 seeds each, interleaved (a black or a mid-grey empty canvas)
+        f"range {label}, seed {seed}": {**FINAL, "data.range": value, "seed": seed}
+        for seed in range(3) for label, value in (("[0, 1]", [0, 1]), ("[-1, 1]", [-1, 1]))
     },
 }
 
