@@ -68,6 +68,7 @@ class Evaluation:
     images_per_s: float
     checkpoint: str  # the latest checkpoint, written at this step
     best_checkpoint: str
+    wall_time_s: float = 0.0  # training and evaluating so far, as the checkpoints count it (across resumes)
     pictures: dict[str, str] = field(default_factory=dict)  # grid, strip, gif -> uri
     picture_bytes: dict[str, bytes] = field(default_factory=dict)  # grid, strip, gif -> the encoded file
 
@@ -403,7 +404,8 @@ class Trainer:
     def _evaluation(self, scores: Scores, losses: dict[str, float], images_per_s: float) -> Evaluation:
         return Evaluation(step=self.step, scores=scores, best=dict(self.best), calibrated=self.evaluator.calibrated,
                           losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
-                          best_checkpoint=self.folder.uri("checkpoints", "best.pt"), pictures=self._pictures,
+                          best_checkpoint=self.folder.uri("checkpoints", "best.pt"), wall_time_s=self.wall_time_s,
+                          pictures=self._pictures,
                           picture_bytes=self._picture_bytes)
 
     def _state(self) -> dict[str, Any]:

@@ -19,12 +19,13 @@ from fpa_core.unet import fpa_of
 from sweeps import ablation, ray_tune
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec, flatten, spec_from_dict
-from sweeps.study import OptunaBridge, check_record, keep_record_digest, open_store, open_study
+from sweeps.study import (DRIVER_SECONDS, OptunaBridge, check_record, driving, keep_record_digest, open_store,
+                          open_study)
 from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, record_digest,
                           recorded_settings, redact, sweep_exists, sweep_folder, trial_folder, write_record,
                           write_summary)
 from sweeps.tracking import SweepTracker, ui_command
-from sweeps.trials import FixedTrials, TrialBook, TrialRecord
+from sweeps.trials import FixedTrials, TrialBook, TrialRecord, usage
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,15 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, di
 
 
 def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = None,
-                 optuna_storage: str | None = None, address: str | None = None) -> dict[str, Any]:
+                 optuna_storage: str | None = None, address: str | None = None,
+                 budget_gpu_hours: float | None = None) -> dict[str, Any]:
     """Continue a sweep whose driver died: finished trials stay, running ones continue from their
     checkpoints, pending ones start, all in their MLflow runs and Optuna trials. The stores are the
     ones the sweep was started with unless given (a URL with credentials was recorded without them)."""
     saved = read_record(storage_root, name)
+    changes = {"budget_gpu_hours": budget_gpu_hours} if budget_gpu_hours is not None else {}
     settings = recorded_settings(saved, storage_root, tracking_uri=tracking_uri, optuna_storage=optuna_storage,
-                                 address=address)
+                                 address=address, **changes)
     check_record(settings, record_digest(saved))
     return _run(spec_from_dict(saved["spec"]), settings, resume=True, base=saved.get("base"))
 
@@ -105,11 +108,14 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         keep_record_digest(study, digest)
 
     ray_tune.prepare_real_features(config, settings, resources)
-    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings.name, _trial_context(settings), config)
+    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings.name, _trial_context(settings, resources),
+                          config, budget_hours=settings.budget_gpu_hours)
     if resume:
         bridge.reconcile()  # the sweep so far, as its study holds it
-    _run_trials(settings, bridge, resources, tracker)
-    return _finish(spec, settings, bridge, tracker, config.fid.backbone == "inception", base)
+    with driving(study, resources):  # the study names this driver while it runs, and sums the drivers' time
+        _run_trials(settings, bridge, resources, tracker)
+    return _finish(spec, settings, bridge, tracker, config.fid.backbone == "inception", base,
+                   wall_s=study.user_attrs[DRIVER_SECONDS], resources=resources)
 
 
 def _run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, float], tracker: SweepTracker,
@@ -146,8 +152,8 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
                                  pruner="none", address=address, cpus_per_trial=cpus_per_trial,
                                  max_concurrent=max_concurrent)
     spec = spec_from_dict(saved["spec"]).with_fixed({"steps": steps})
-    context = _trial_context(settings)
     resources = ray_tune.connect(settings)
+    context = _trial_context(settings, resources)
     tracker = SweepTracker.for_sweep(settings, spec.dataset)
     parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict(), {"fpa.continues_sweep": sweep})
 
@@ -166,19 +172,25 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
         log.info("%s continues from %s (best %s %.4g) to step %d", record.trial_id, origin, metric.upper(),
                  trial["best_value"], steps)
     bridge = FixedTrials(plans, tracker, parent_id, metric)
+    started = time.monotonic()
     _run_trials(settings, bridge, resources, tracker, resumable=False)
-    return _finish(spec, settings, bridge, tracker, finished["fid_calibrated"], finished.get("base"))
+    return _finish(spec, settings, bridge, tracker, finished["fid_calibrated"], finished.get("base"),
+                   wall_s=time.monotonic() - started, resources=resources)
 
 
-def _trial_context(settings: SweepSettings) -> dict[str, Any]:
-    """What every trial needs besides its config."""
+def _trial_context(settings: SweepSettings, resources: dict[str, float]) -> dict[str, Any]:
+    """What every trial needs besides its config: where to write, and what it was given (its threads, its
+    share of a GPU)."""
     return {"out_root": settings.folder, "tracking_uri": settings.tracking_uri,
-            "threads": max(1, int(settings.cpus_per_trial))}
+            "threads": max(1, int(settings.cpus_per_trial)), "cpus": resources.get("cpu", 1),
+            "gpus": resources.get("gpu", 0)}
 
 
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker: SweepTracker, calibrated: bool,
-            base: dict[str, Any] | None) -> dict[str, Any]:
+            base: dict[str, Any] | None, wall_s: float, resources: dict[str, float]) -> dict[str, Any]:
     summary = _summary(spec, settings, bridge, calibrated, base)
+    summary["cost"] = {"wall_hours": wall_s / 3600, **usage(list(bridge.records.values()), resources),
+                       "resources_per_trial": resources}
     files = {}
     if spec.grid is not None:  # an ablation: its table and plot, in the sweep's folder and the parent run
         summary["ablation"] = ablation.results(spec, summary["trials"])
@@ -231,7 +243,8 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
                        "state": "RUNNING" if record.state == "RUNNING" else record.state, "steps": record.steps,
                        "best_value": record.best_value, "best_fid": best.get("fid"), "best_kid": best.get("kid"),
                        "run_id": record.run_id, "params": record.params, "fids": record.fids,
-                       "evaluations": record.evaluations, "error": record.error, **record.placement})
+                       "evaluations": record.evaluations, "error": record.error, "seconds": record.seconds,
+                       **record.placement})
     finished = [r for r in bridge.records.values() if r.best is not None and r.state in ("COMPLETE", "PRUNED")]
     best = None
     if finished:
@@ -276,5 +289,8 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")
+    cost = summary["cost"]
+    print(f"\ncost: {cost['trial_hours']:.3g} trial-hours, {cost['gpu_hours']:.3g} GPU-hours, {cost['cpu_hours']:.3g} "
+          f"CPU-hours; {cost['wall_hours']:.3g} h wall time")
     print(f"\nsummary: {summary_uri}")
     print(f"MLflow: {ui_command(tracking_uri)}  (experiment fpa-{summary['dataset']}, run {summary['name']})")

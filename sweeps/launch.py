@@ -28,7 +28,7 @@ from sweeps.pruning import PRUNERS  # noqa: E402
 from sweeps.jobs import JobServerUnreachable, submit  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402
 from sweeps.sweep import (SweepInterrupted, SweepNotFound, new_settings, read_record,  # noqa: E402
-                          resolve_storage, tracking_uri_problems)
+                          resolve_storage, sweep_exists, tracking_uri_problems)
 
 log = logging.getLogger("sweeps.launch")
 
@@ -36,7 +36,8 @@ RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "
                 ("--num-trials", "num_trials"), ("--max-concurrent", "max_concurrent"),
                 ("--max-failures", "max_failures"), ("--cpus-per-trial", "cpus_per_trial"),
                 ("--gpus-per-trial", "gpus_per_trial"), ("--pruner", "pruner"),
-                ("--warmup", "warmup"), ("--seed", "seed"), ("--set", "overrides"), ("--stage", "stage"),
+                ("--warmup", "warmup"), ("--patience", "patience"), ("--seed", "seed"), ("--set", "overrides"),
+                ("--stage", "stage"),
                 ("--base", "base"), ("--metric", "metric")]
 
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "sweep file's, else fid)")
     p.add_argument("--warmup", type=int, help="evaluations of a trial before it may be pruned (default: the sweep "
                                               "file's, else 1)")
+    p.add_argument("--patience", type=int, help="let --pruner stop a trial only once its last N evaluations brought "
+                                                "no new best (Optuna's PatientPruner; default: the sweep file's, else "
+                                                "no patience)")
+    p.add_argument("--budget-gpu-hours", type=float, metavar="H",
+                   help="start no new trial once the trials have used H GPU-hours (CPU-hours when they take no GPU); "
+                        "running trials finish. With --resume: the resumed sweep's new budget")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
@@ -75,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage",
                    help="Optuna's database URL (default: FPA_OPTUNA_STORAGE, else SQLite in the sweep folder)")
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    p.add_argument("--or-resume", action="store_true",
+                   help="with --name: when the storage already holds that sweep, resume it (as --resume NAME) instead "
+                        "of refusing; what a RayJob that Kueue preempted and brought back runs")
     p.add_argument("--submit", metavar="URL", help="run the sweep as a Ray Job on the cluster at URL (:8265)")
     p.add_argument("--detach", action="store_true", help="with --submit: return at once with the job id")
     return p
@@ -90,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                      for flag, dest in RESUME_FIXED if getattr(args, dest) != parser.get_default(dest)]
     if problems:
         parser.exit(2, "".join(f"{parser.prog}: error: {p}\n" for p in problems))
+    if args.or_resume and not args.submit and sweep_exists(resolve_storage(args.storage), args.name):
+        print(f"the storage already holds sweep {args.name}: resuming it", flush=True)
+        args.resume = args.name
     if args.resume:
         return _resume(parser, args, argv)
     try:
@@ -107,18 +120,19 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"--pruner {args.pruner}: an ablation runs every cell to the same budget; drop --pruner")
         if problems:
             parser.error("; ".join(problems))
+    stage = "-unet" if args.stage == "unet" else ""
+    name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.submit:
-        return _submit(parser, args, argv)
+        return _submit(parser, args, argv, name)
 
     from sweeps.driver import run_sweep
 
-    stage = "-unet" if args.stage == "unet" else ""
-    name = args.name or f"{Path(spec.name).stem}{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = new_settings(
         name, storage=args.storage, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage,
         num_trials=_first(args.num_trials, spec.num_trials, 20), max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1), seed=args.seed,
+        pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1),
+        patience=_first(args.patience, spec.patience), budget_gpu_hours=args.budget_gpu_hours, seed=args.seed,
         address=args.address, profile=args.profile, stage=args.stage, base=args.base if args.stage == "unet" else None,
         metric=_first(args.metric, spec.metric, "fid"))
     try:
@@ -144,21 +158,27 @@ def _lost_storage(error: Exception, name: str, folder: str) -> int:
     return 1
 
 
-def _submit(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+def _submit(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None,
+            name: str) -> int:
+    """Run the command line on the cluster: without --submit, and with the sweep's name (made here when the
+    command gave none, so that the job, its queue slot and `sweeps/status.py` know it)."""
+    forwarded = _forwarded_args(argv if argv is not None else sys.argv[1:])
+    if not args.resume and not args.name:
+        forwarded += ["--name", name]
     try:
-        return submit(args.submit, _forwarded_args(argv if argv is not None else sys.argv[1:]), detach=args.detach)
+        return submit(args.submit, forwarded, name, detach=args.detach)
     except JobServerUnreachable as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def _first(*values):
     """The first value that is not None: the flag's, else the sweep file's, else the default."""
-    return next(v for v in values if v is not None)
+    return next((v for v in values if v is not None), None)
 
 
 def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.submit:
-        return _submit(parser, args, argv)
+        return _submit(parser, args, argv, args.resume)
     root = resolve_storage(args.storage)
     try:
         read_record(root, args.resume)  # a sweep that is not there is named before Ray, Optuna and MLflow load
@@ -168,7 +188,8 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: lis
 
     try:
         summary = resume_sweep(args.resume, root, tracking_uri=args.tracking_uri,
-                               optuna_storage=args.optuna_storage, address=args.address)
+                               optuna_storage=args.optuna_storage, address=args.address,
+                               budget_gpu_hours=args.budget_gpu_hours)
     except SweepInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
@@ -185,15 +206,22 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         problems.append(f"--dataset is required: one of {', '.join(sweep_names())}, or a sweep YAML file "
                         "(or --resume NAME to continue a sweep)")
     for flag, value, low in (("--num-trials", args.num_trials, 1), ("--max-concurrent", args.max_concurrent, 1),
-                             ("--max-failures", args.max_failures, 0), ("--warmup", args.warmup, 0)):
+                             ("--max-failures", args.max_failures, 0), ("--warmup", args.warmup, 0),
+                             ("--patience", args.patience, 1)):
         if value is not None and value < low:
             problems.append(f"{flag} must be at least {low}, got {value}")
+    if args.budget_gpu_hours is not None and not args.budget_gpu_hours > 0:
+        problems.append(f"--budget-gpu-hours must be positive, got {args.budget_gpu_hours}")
     if args.cpus_per_trial <= 0:
         problems.append(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         problems.append(f"--gpus-per-trial must be 0 or more, got {args.gpus_per_trial}")
     if args.base and args.stage != "unet":
         problems.append("--base only goes with --stage unet (the FPA that the U-Net refines)")
+    if args.or_resume and not args.name:
+        problems.append("--or-resume needs --name: the sweep to resume when the storage holds it")
+    if args.or_resume and args.resume:
+        problems.append("--or-resume goes with --dataset and --name, not --resume")
     if args.detach and not args.submit:
         problems.append("--detach only goes with --submit URL")
     if args.submit and args.address:

@@ -6,7 +6,7 @@ see ``sweep_names()``), or anywhere else by path (``load_sweep("my-sweep.yaml")`
     dataset: metfaces        # the training dataset (a name, folder or zip); sets data.dataset
     base: metfaces           # the training config trials start from: packaged (fpa_core/configs/) or a YAML file
     num_trials: 20           # optional: how many trials (the launcher's --num-trials wins)
-    pruner: hyperband        # optional: the launcher's --pruner, --warmup and --metric when not given
+    pruner: hyperband        # optional: the launcher's --pruner, --warmup, --patience and --metric when not given
     warmup: 0
     metric: kid
     fid_backbone: auto       # optional: auto picks the calibrated Inception where its weights are, else
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_CHOICES = ("table3", "base")
 FID_BACKBONES = ("auto", *BACKBONES)  # auto: the calibrated one where its weights are
-_LAUNCH_KEYS = ("num_trials", "pruner", "warmup", "metric")  # defaults of the launcher's flags
+_LAUNCH_KEYS = ("num_trials", "pruner", "warmup", "patience", "metric")  # defaults of the launcher's flags
 _PROFILE_KEYS = ("dataset", "base", "first", *_LAUNCH_KEYS, "fid_backbone", "fixed", "space", "grid", "seeds")
 _FILE_KEYS = (*_PROFILE_KEYS, "profiles", "stages")
 STAGES = ("fpa", "unet")
@@ -151,6 +151,7 @@ class SweepSpec:
     num_trials: int | None = None  # the file's number of trials; the launcher's --num-trials wins
     pruner: str | None = None  # the file's pruner, evaluations before pruning and metric; the launcher's flags win
     warmup: int | None = None
+    patience: int | None = None
     metric: str | None = None
     fid_backbone: str | None = None  # auto: calibrated where the Inception weights are, else inception-random
     grid: dict[str, list[Any]] | None = None  # an ablation: axis -> values, one axis at a time around the centre
@@ -345,7 +346,7 @@ def _parse(data: dict[str, Any], name: str, profile: str | None, source: str) ->
                       "choose the first trial")
         first = None
     launch = {key: data.get(key) for key in _LAUNCH_KEYS}
-    for key, low in (("num_trials", 1), ("warmup", 0)):
+    for key, low in (("num_trials", 1), ("warmup", 0), ("patience", 1)):
         value = launch[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             errors.append(f"{key}: expected an integer >= {low}, got {value!r}")

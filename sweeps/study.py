@@ -9,8 +9,12 @@ next Ray trial (``new_trial``), which continues it in the same folder and MLflow
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +23,19 @@ from optuna.trial import TrialState
 
 from fpa_core.config import to_dict
 from fpa_core.train_config import TrainConfig
-from sweeps.pruning import make_pruner
+from sweeps.pruning import explain, make_pruner
 from sweeps.space import SweepSpec, flatten
 from sweeps.sweep import SweepSettings, redact
 from sweeps.tracking import SweepTracker
-from sweeps.trials import TrialBook, TrialRecord, trial_name
+from sweeps.trials import TrialBook, TrialRecord, hours_spent, trial_name
 
 log = logging.getLogger(__name__)
 
 _FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
 RECORD_DIGEST = "fpa.sweep_json_sha256"  # the study's attribute: the digest of the sweep's sweep.json
+DRIVER = "fpa.driver"  # the study's attribute: the driver running the sweep now ({host, pid, since}), or None
+DRIVER_SECONDS = "fpa.driver_seconds"  # the study's attribute: the sweep's drivers' wall time so far
+RESOURCES = "fpa.resources"  # the study's attribute: what each trial takes ({"cpu": 1, "gpu": 0.25})
 
 
 def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
@@ -46,7 +53,7 @@ def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
     study = optuna.create_study(
         study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
         sampler=_sampler(spec, settings.seed),
-        pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps))
+        pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps, settings.patience))
     first = spec.first_params()
     if first is not None and not study.trials:
         study.enqueue_trial(first, skip_if_exists=True)
@@ -80,6 +87,37 @@ def check_record(settings: SweepSettings, digest: str) -> None:
             "storage. Not resumed; restore the file, or start a new sweep")
 
 
+@contextlib.contextmanager
+def driving(study: optuna.Study, resources: dict[str, float]):
+    """While the block runs, the study names this process as the sweep's driver (``sweeps/status.py`` tells
+    running from interrupted by it); afterwards it adds the block's wall time to the sweep's."""
+    started = time.monotonic()
+    study.set_user_attr(RESOURCES, resources)
+    study.set_user_attr(DRIVER, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    try:
+        yield
+    finally:
+        study.set_user_attr(DRIVER, None)
+        study.set_user_attr(DRIVER_SECONDS, study.user_attrs.get(DRIVER_SECONDS, 0.0) + time.monotonic() - started)
+
+
+def overview(optuna_storage: str, name: str) -> dict[str, Any] | None:
+    """A sweep's study at a glance, read only: its trials by state, the best evaluation of a finished trial,
+    the trials' seconds, its driver (or None) and its drivers' wall time so far. None when there is no study."""
+    try:
+        study = optuna.load_study(study_name=name, storage=optuna_storage)
+    except KeyError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    states = [_FINISHED.get(t.state, t.state.name) for t in trials if t.state != TrialState.WAITING]
+    evaluations = [e for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   for e in t.user_attrs.get("fpa.evaluations", [])]
+    return {"states": {state: states.count(state) for state in sorted(set(states))}, "evaluations": evaluations,
+            "seconds": sum(float(t.user_attrs.get("fpa.seconds", 0.0)) for t in trials),
+            "driver": study.user_attrs.get(DRIVER), "driver_seconds": study.user_attrs.get(DRIVER_SECONDS, 0.0),
+            "resources": study.user_attrs.get(RESOURCES, {})}
+
+
 def _sampler(spec: SweepSpec, seed: int | None) -> optuna.samplers.BaseSampler:
     """A search: TPE (multivariate, grouped). An ablation: GridSampler, each cell and seed once; it reads the
     study's trials, so a resumed ablation does not repeat a cell that ran or runs."""
@@ -103,8 +141,10 @@ class OptunaBridge(TrialBook):
 
     def __init__(self, spec: SweepSpec, study: optuna.Study, store: optuna.storages.BaseStorage,
                  tracker: SweepTracker, parent_id: str, sweep: str, trial_context: dict[str, Any],
-                 config: TrainConfig):
-        """``store``: the study's storage; ``config``: the spec's trial config without sampled parameters."""
+                 config: TrainConfig, budget_hours: float | None = None):
+        """``store``: the study's storage; ``config``: the spec's trial config without sampled parameters;
+        ``budget_hours``: no new trial starts once the trials have used this many GPU-hours (CPU-hours where
+        they take no GPU)."""
         self.spec, self.study, self.store = spec, study, store
         self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
         self.trial_context = trial_context  # what every trial needs besides its config (tracking, storage)
@@ -114,15 +154,30 @@ class OptunaBridge(TrialBook):
         self.reports = 0
         self.metric = config.fid.metric  # what the study minimises
         self.max_steps = config.steps  # the last evaluation is never pruned
+        self.budget_hours = budget_hours
+        self.resources = {"cpu": trial_context.get("cpus", 1), "gpu": trial_context.get("gpus", 0)}
 
     # -- the searcher's side ------------------------------------------------------------------------------
 
-    def new_trial(self, ray_trial_id: str) -> dict[str, Any]:
+    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
         record = self._record(ray_trial_id)
         if record is None:
-            record = self._orphan() or self._ask()
+            record = self._orphan()
+            if record is None and self._budget_spent():
+                return None  # no new trial; the running ones finish
+            record = record or self._ask()
             record.ray_trial_id = ray_trial_id
         return self._trial_config(record)
+
+    def _budget_spent(self) -> bool:
+        if self.budget_hours is None:
+            return False
+        spent = hours_spent(list(self.records.values()), self.resources)
+        if spent < self.budget_hours:
+            return False
+        log.warning("the sweep's budget of %.3g %s-hours is spent (%.3g): no new trial starts", self.budget_hours,
+                    "GPU" if self.resources.get("gpu") else "CPU", spent)
+        return True
 
     def _ask(self) -> TrialRecord:
         # Each write makes the trial recoverable should the driver die right after it: the study keeps
@@ -191,14 +246,21 @@ class OptunaBridge(TrialBook):
         if not math.isfinite(value):
             return False
         trial = self._trial(record)
-        trial.report(value, step)  # a step reported before a restart is kept as it was
+        best = record.best_value  # what the pruner sees: the best so far, never one noisy evaluation
+        trial.report(best, step)  # a step reported before a restart is kept as it was
         trial.set_user_attr("fpa.evaluations", record.evaluations)  # all its scores, for a resumed sweep
         trial.set_user_attr("fpa.placement", record.placement)
+        trial.set_user_attr("fpa.seconds", record.seconds)
         self._seen(record, value)
-        if step >= self.max_steps or not trial.should_prune():
+        if step >= self.max_steps:
             return False
-        self._finish(record, "PRUNED", {"fpa.pruned_at_step": step})
-        log.info("%s pruned at step %d (%s %.4g)", record.trial_id, step, self.metric.upper(), value)
+        prune = trial.should_prune()
+        why = explain(self.study, record.number, step, best)
+        log.info("%s at step %d: %s %.4g, %s: %s", record.trial_id, step, self.metric.upper(), value, why,
+                 "pruned" if prune else "continues")
+        if not prune:
+            return False
+        self._finish(record, "PRUNED", {"fpa.pruned_at_step": step, "fpa.pruned_because": why})
         return True
 
     def _trial(self, record: TrialRecord) -> optuna.trial.Trial:
@@ -230,7 +292,8 @@ class OptunaBridge(TrialBook):
             config = to_dict(self.spec.trial_config(params))
             run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
             record = TrialRecord(name, frozen.number, run_id, params, self.metric, config=config,
-                                 placement=dict(attrs.get("fpa.placement", {})), error=attrs.get("fpa.error"))
+                                 placement=dict(attrs.get("fpa.placement", {})), error=attrs.get("fpa.error"),
+                                 seconds=float(attrs.get("fpa.seconds", 0.0)))
             # Every score of each evaluation (the study's own values hold only the metric's)
             for evaluation in attrs.get("fpa.evaluations", []):
                 record.note(evaluation)

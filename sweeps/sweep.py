@@ -40,6 +40,8 @@ class SweepSettings:
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs when the sweep starts, else 0
     pruner: str = "median"
     warmup: int = 1
+    patience: int | None = None  # prune only after this many evaluations without a new best
+    budget_gpu_hours: float | None = None  # no new trial once the trials used this much (CPU-hours without GPUs)
     seed: int = 0
     address: str | None = None
     profile: str | None = None

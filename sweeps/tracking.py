@@ -171,6 +171,8 @@ class SweepTracker:
                 path.write_bytes(data)
                 self.log_file(parent_id, str(path))
         self.log_text(parent_id, json.dumps(summary, indent=2), "summary.json")
+        for key in ("trial_hours", "gpu_hours", "cpu_hours", "wall_hours"):  # what the sweep cost
+            self.client.log_metric(parent_id, key, summary["cost"][key])
         self.client.set_terminated(parent_id, "FINISHED" if summary["best"] else "FAILED")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:

@@ -40,6 +40,9 @@ def run_trial(config: dict[str, Any]) -> None:
     logger = TrialLogger(config["tracking_uri"], config["run_id"])
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}
+    capped = _cap_gpu_memory(float(config.get("gpus", 0)))
+    if capped is not None:
+        placement["gpu_memory_fraction"] = capped
 
     def report(step: int, metrics: dict[str, float], fid_calibrated: bool, latest: str, best: str,
                pictures: dict[str, bytes]) -> None:
@@ -53,7 +56,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     def on_evaluation(ev: Evaluation) -> None:
         metrics = {**_scores(ev.scores.to_dict()), **_scores(ev.best, "best_"), "images_per_s": ev.images_per_s,
-                   **ev.losses}
+                   "trial_seconds": ev.wall_time_s, **ev.losses}
         report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.picture_bytes)
 
     try:
@@ -76,6 +79,18 @@ def run_trial(config: dict[str, Any]) -> None:
     except DETERMINISTIC as e:  # a loss that diverged diverges again from the same checkpoint
         return _fail(config, logger, e, trainer.step, placement)
     logger.log_summary(summary)
+
+
+def _cap_gpu_memory(fraction: float) -> float | None:
+    """A trial that takes a fraction of a GPU (``--gpus-per-trial 0.25``: four to a GPU) may allocate only that
+    fraction of its memory, so that its out-of-memory error fails it alone, not its neighbours. The fraction
+    capped (also on a machine without CUDA, where Ray's GPUs are logical: what it would cap), or None."""
+    if not 0 < fraction < 1:
+        return None
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(fraction)
+    log.info("this trial may use %.0f%% of its GPU's memory", 100 * fraction)
+    return fraction
 
 
 def _fail(config: dict[str, Any], logger: TrialLogger, error: Exception, step: int,

@@ -39,6 +39,7 @@ class TrialRecord:
     placement: dict[str, Any] = field(default_factory=dict)  # node and accelerators the trial ran on
     ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
     error: str | None = None  # why it failed for good (a diverged loss, a bad config), where it did
+    seconds: float = 0.0  # training and evaluating so far (steps redone after a restart count once)
 
     @property
     def best(self) -> dict[str, float] | None:
@@ -65,9 +66,24 @@ class TrialRecord:
         if self.metric in result and not any(e["step"] == step for e in self.evaluations):
             self.evaluations.append({"step": step, **{k: float(result[k]) for k in SCORES if k in result}})
             self.evaluations.sort(key=lambda e: e["step"])
-        for key in ("node_id", "gpu_ids"):
+        for key in ("node_id", "gpu_ids", "gpu_memory_fraction"):
             if key in result:
                 self.placement[key] = result[key]
+        self.seconds = max(self.seconds, float(result.get("trial_seconds", 0.0)))
+
+
+def usage(records: list[TrialRecord], resources: dict[str, float]) -> dict[str, float]:
+    """What trials cost: their seconds of training and evaluating, and those as the GPU-hours and CPU-hours
+    of the ``resources`` each trial took (``{"cpu": 1, "gpu": 0.25}``)."""
+    seconds = sum(r.seconds for r in records)
+    return {"trial_hours": seconds / 3600, "gpu_hours": seconds * resources.get("gpu", 0) / 3600,
+            "cpu_hours": seconds * resources.get("cpu", 1) / 3600}
+
+
+def hours_spent(records: list[TrialRecord], resources: dict[str, float]) -> float:
+    """What a sweep's --budget-gpu-hours counts: GPU-hours where trials take GPUs, else CPU-hours."""
+    spent = usage(records, resources)
+    return spent["gpu_hours"] if resources.get("gpu") else spent["cpu_hours"]
 
 
 def trial_name(number: int) -> str:

@@ -256,16 +256,19 @@ def run_launch(*args, timeout=120, env=None):
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A real Ray head with its dashboard and job server, as `ray start --head` makes one. Its `ray stop` stops
-    every Ray on this machine, so the shared local Ray goes first."""
+    """A real Ray head with its dashboard and job server, as `ray start --head` makes one, with one sweep slot
+    (docker-compose.yml's head declares FPA_SWEEP_SLOTS) and a job queue that waits an hour. Its `ray stop`
+    stops every Ray on this machine, so the shared local Ray goes first."""
     own_ray()
     dashboard = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     # The job's `python` is the head's: this virtualenv's, as a cluster image's would be its own.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RAY_JOB_START_TIMEOUT_SECONDS": "3600"}
     subprocess.run([ray_bin, "start", "--head", "--port", str(free_port()), "--num-cpus", "2",
-                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                    str(dashboard), "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
+                    "--resources", '{"fpa_sweep_slots": 1}', "--include-dashboard", "true", "--dashboard-host",
+                    "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats"], check=True,
+                   capture_output=True, env=env, timeout=180)
     try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:

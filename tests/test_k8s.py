@@ -113,3 +113,108 @@ def test_the_kuberay_manifests():
     assert args.gpus_per_trial == 1 and args.dataset
     assert not any("MLFLOW_TRACKING_URI" in container_env(c, {"fpa-endpoints": endpoints})
                    for d in documents for c in containers(d) if c is not head_container)
+
+
+# Kueue's CRDs (kubernetes-sigs/kueue, config/components/crd/bases, read through the search tool): for API
+# kueue.x-k8s.io/v1beta1, served by every release that has these kinds, the fields each spec may hold, those
+# an item must hold, and the enums used here.
+KUEUE_SPEC = {
+    "ClusterQueue": {"admissionChecks", "admissionChecksStrategy", "admissionScope", "cohort",
+                     "excludeResourcePrefixes", "fairSharing", "flavorFungibility", "namespaceSelector", "preemption",
+                     "queueingStrategy", "resourceGroups", "stopPolicy"},
+    "LocalQueue": {"clusterQueue", "stopPolicy"},
+    "ResourceFlavor": {"nodeLabels", "nodeTaints", "tolerations", "topologyName"},
+}
+KUEUE_ENUMS = {"queueingStrategy": {"StrictFIFO", "BestEffortFIFO"},
+               "reclaimWithinCohort": {"Never", "LowerPriority", "Any"},
+               "withinClusterQueue": {"Never", "LowerPriority", "LowerOrNewerEqualPriority"}}
+QUEUE_LABEL, PRIORITY_LABEL = "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class"
+
+
+def _quantity(value) -> float:
+    text = str(value)
+    for suffix, factor in (("Gi", 2**30), ("Mi", 2**20)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * factor
+    return float(text)
+
+
+def test_the_kueue_manifests_queue_each_sweep_into_a_team_quota():
+    documents = [d for d in yaml.safe_load_all((K8S / "kueue" / "queues.yaml").read_text()) if d]
+    by_kind = {}
+    for d in documents:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+        if d["kind"] == "Namespace":
+            continue
+        assert d["apiVersion"] == "kueue.x-k8s.io/v1beta1", d["metadata"]["name"]
+        if d["kind"] in KUEUE_SPEC:
+            assert set(d["spec"]) <= KUEUE_SPEC[d["kind"]], (d["kind"], set(d["spec"]) - KUEUE_SPEC[d["kind"]])
+    flavors = set(by_kind["ResourceFlavor"])
+    for name, queue in by_kind["ClusterQueue"].items():
+        spec = queue["spec"]
+        assert spec["cohort"] == "fpa-lab"  # one cohort: a team borrows what the others leave idle
+        assert spec["queueingStrategy"] in KUEUE_ENUMS["queueingStrategy"]
+        for key in ("reclaimWithinCohort", "withinClusterQueue"):
+            assert spec["preemption"][key] in KUEUE_ENUMS[key]
+        assert spec["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": name}}
+        assert len(spec["resourceGroups"]) <= 16
+        for group in spec["resourceGroups"]:
+            assert "nvidia.com/gpu" in group["coveredResources"] and len(group["coveredResources"]) <= 64
+            for flavor in group["flavors"]:
+                assert flavor["name"] in flavors
+                # "flavors must have the same number of resources as the coveredResources", each with a quota
+                assert [r["name"] for r in flavor["resources"]] == group["coveredResources"]
+                assert all("nominalQuota" in r and set(r) <= {"name", "nominalQuota", "borrowingLimit",
+                                                              "lendingLimit"} for r in flavor["resources"])
+    # A LocalQueue per team, in the team's namespace, pointing at its ClusterQueue.
+    local = [d for d in documents if d["kind"] == "LocalQueue"]
+    assert {(q["metadata"]["namespace"], q["spec"]["clusterQueue"]) for q in local} == {
+        (name, name) for name in by_kind["ClusterQueue"]}
+    assert set(by_kind["Namespace"]) == set(by_kind["ClusterQueue"])
+    assert {n: c["value"] for n, c in by_kind["WorkloadPriorityClass"].items()} == {"sweep-high": 1000,
+                                                                                    "sweep-low": 100}
+    assert all(set(c) <= {"apiVersion", "kind", "metadata", "value", "description"}
+               for c in by_kind["WorkloadPriorityClass"].values())
+
+    # The RayJob: suspended and labelled for a LocalQueue and a priority; a cluster of its own that Kueue can
+    # count (no autoscaling, fixed replicas, at most 7 worker groups) and that ends with the sweep; and an
+    # entrypoint that resumes the sweep when a preempted RayJob comes back on a new cluster.
+    (job,) = [d for d in yaml.safe_load_all((K8S / "kueue" / "rayjob.yaml").read_text()) if d]
+    labels = job["metadata"]["labels"]
+    assert {q["metadata"]["name"] for q in local} == {labels[QUEUE_LABEL]}
+    assert labels[PRIORITY_LABEL] in by_kind["WorkloadPriorityClass"]
+    spec = job["spec"]
+    assert spec["suspend"] is True and spec["shutdownAfterJobFinishes"] is True and "clusterSelector" not in spec
+    cluster = spec["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is False and len(cluster["workerGroupSpecs"]) <= 7
+    import ray
+
+    assert cluster["rayVersion"] == ray.__version__
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] == group["replicas"] == group["maxReplicas"]
+    command = shlex.split(spec["entrypoint"])
+    assert command[:2] == ["python", "/app/sweeps/launch.py"]
+    args = launch_args(command[2:], {})
+    assert args.or_resume and args.name == job["metadata"]["name"] and args.dataset
+
+    # What one sweep asks for fits the quota of each team whole (else it would never be admitted), and the
+    # GPU is what runs out first (no team's CPUs or memory idle its GPUs).
+    pods = [(1, cluster["headGroupSpec"]["template"]["spec"])] + [
+        (g["replicas"], g["template"]["spec"]) for g in cluster["workerGroupSpecs"]]
+    need = {}
+    for count, pod in pods:
+        for container in pod["containers"]:
+            for resource, value in container["resources"]["requests"].items():
+                need[resource] = need.get(resource, 0) + count * _quantity(value)
+    for name, queue in by_kind["ClusterQueue"].items():
+        quota = {r["name"]: _quantity(r["nominalQuota"]) for r in queue["spec"]["resourceGroups"][0]["flavors"][0][
+            "resources"]}
+        fits = {resource: quota[resource] // need[resource] for resource in need}
+        assert min(fits.values()) >= 1 and fits["nvidia.com/gpu"] == min(fits.values()), (name, fits)
+
+    # The pods carry the same secrets and endpoints as the shared RayCluster's (raycluster.yaml), less its job
+    # queue's start timeout: a RayJob of Kueue's runs one sweep and queues in Kueue.
+    (shared,) = [d for d in k8s_documents("raycluster.yaml") if d["kind"] == "RayCluster"]
+    for ours, theirs in zip(containers({"kind": "RayCluster", "spec": cluster}), containers(shared)):
+        assert ours["env"] == [e for e in theirs["env"] if not e["name"].startswith("RAY_JOB_")]
+        assert ours["envFrom"] == theirs["envFrom"] and ours["image"] == theirs["image"]

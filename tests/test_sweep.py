@@ -176,6 +176,17 @@ def test_launch_rejects_bad_input_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()  # stopped before any trial
 
 
+def _most_at_once(summary: dict) -> int:
+    """The most trials that were training at one moment, from the times in their metrics.jsonl."""
+    spans = []
+    for t in summary["trials"]:
+        lines = Path(summary["settings"]["storage"], summary["name"], "trials", t["trial_id"],
+                     "metrics.jsonl").read_text().splitlines()
+        times = [json.loads(line)["time"] for line in lines]
+        spans.append((min(times), max(times)))
+    return max(sum(1 for s, e in spans if s <= start <= e) for start, _ in spans)
+
+
 def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
     own_ray()
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
@@ -185,14 +196,27 @@ def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
     finally:
         ray.shutdown()
     assert all(len(t["gpu_ids"]) == 1 for t in summary["trials"])
-    spans = []
-    for t in summary["trials"]:
-        lines = Path(summary["settings"]["storage"], summary["name"], "trials", t["trial_id"],
-                     "metrics.jsonl").read_text().splitlines()
-        times = [json.loads(line)["time"] for line in lines]
-        spans.append((min(times), max(times)))
-    for start, _ in spans:  # at any moment at most two trials hold a GPU
-        assert sum(1 for s, e in spans if s <= start <= e) <= 2
+    assert _most_at_once(summary) <= 2  # at any moment at most two trials hold a GPU
+
+
+def test_four_trials_share_one_logical_gpu_each_capped_at_its_share(tmp_path, image_folder):
+    """--gpus-per-trial 0.25: four trials at once on one GPU (Ray's logical GPU on this CPU machine), each with
+    its CUDA memory capped at a quarter (the cap it would set; recorded in its placement), and the sweep's cost
+    counted in GPU-hours of those quarters."""
+    own_ray()
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=24, log_every=1))
+        summary = run_sweep(spec, settings(tmp_path, num_trials=4, gpus_per_trial=0.25, pruner="none"))
+    finally:
+        ray.shutdown()
+    assert [t["gpu_memory_fraction"] for t in summary["trials"]] == [0.25] * 4
+    assert {tuple(t["gpu_ids"]) for t in summary["trials"]} == {("0",)}  # all on the one GPU
+    assert _most_at_once(summary) == 4  # all four at once
+    cost = summary["cost"]
+    seconds = sum(t["seconds"] for t in summary["trials"])
+    assert seconds > 0 and cost["gpu_hours"] == pytest.approx(seconds * 0.25 / 3600)
+    assert cost["cpu_hours"] == pytest.approx(seconds / 3600) and cost["wall_hours"] > 0
 
 
 def test_a_two_node_cluster_spreads_the_trials(tmp_path, image_folder):
@@ -230,16 +254,3 @@ def test_a_sweep_on_s3_and_an_mlflow_server(tmp_path, image_folder, s3_bucket, m
     assert any(k.endswith("fid_vs_step.png") for k in keys)
 
 
-def test_submit_runs_the_sweep_as_a_ray_job(tmp_path, image_folder, ray_head):
-    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
-    common = ["--dataset", sweep, "--num-trials", "2", "--pruner", "none", "--storage", str(tmp_path / "out"),
-              "--tracking-uri", tracking_db(tmp_path)]
-    result = run_launch(*common, "--name", "submitted", "--submit", ray_head, timeout=420)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
-    summary = json.loads((tmp_path / "out" / "submitted" / "summary.json").read_text())
-    assert {t["state"] for t in summary["trials"]} == {"COMPLETE"}
-
-    detached = run_launch(*common, "--name", "detached", "--submit", ray_head, "--detach", timeout=120)
-    assert detached.returncode == 0 and "ray job logs" in detached.stdout
-    assert detached.stdout.split("submitted job ", 1)[1].split()[0].startswith("raysubmit_")

@@ -1,0 +1,78 @@
+"""Pruning that decides on signal: the pruners see each trial's best so far, patience and Wilcoxon are offered,
+and every decision is logged with the values it compared. A budget stops new trials. No Ray: the bridge alone."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import pytest
+from conftest import settings, sweep_file, tracking_db
+
+from sweeps.pruning import explain, make_pruner
+from sweeps.space import load_sweep
+from sweeps.study import OptunaBridge, open_store, open_study
+from sweeps.tracking import SweepTracker
+
+
+def _bridge(tmp_path, image_folder, **kwargs):
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16, 32]}, steps=12))
+    s = settings(tmp_path, num_trials=6, **kwargs)
+    tracker = SweepTracker(tracking_db(tmp_path), spec.dataset)
+    parent = tracker.start_parent(s.name, {}, {})
+    store = open_store(s)
+    return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s.name,
+                        {"cpus": 1, "gpus": 0}, spec.trial_config({}),
+                        budget_hours=kwargs.get("budget_gpu_hours"))
+
+
+def test_the_pruners_and_their_wrappers():
+    assert isinstance(make_pruner("median", 1, 3, 12, patience=2), optuna.pruners.PatientPruner)  # for best so far
+    assert isinstance(make_pruner("wilcoxon", 1, 3, 12), optuna.pruners.WilcoxonPruner)
+    assert isinstance(make_pruner("none", 1, 3, 12, patience=2), optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="unknown pruner 'x'"):
+        make_pruner("x", 1, 3, 12)
+
+
+def test_the_pruner_sees_the_best_so_far_and_each_decision_is_logged(tmp_path, image_folder, caplog):
+    bridge = _bridge(tmp_path, image_folder, pruner="median", warmup=0)
+    for ray_id, fids in (("a", [10.0, 9.0, 8.0, 7.0]), ("b", [11.0, 10.0, 9.0, 8.0])):
+        bridge.new_trial(ray_id)
+        for i, fid in enumerate(fids):
+            assert bridge.report(ray_id, {"step": 3 * (i + 1), "fid": fid}) is False
+        bridge.complete(ray_id, {"step": 12}, error=False)
+    bridge.new_trial("c")
+    with caplog.at_level(logging.INFO, logger="sweeps.study"):
+        assert bridge.report("c", {"step": 3, "fid": 9.5}) is False
+        assert bridge.report("c", {"step": 6, "fid": 30.0}) is False  # one noisy evaluation: its best is 9.5
+        assert bridge.report("c", {"step": 9, "fid": 40.0}) is True  # worse than both at step 9: pruned
+    trial = bridge.study.trials[2]
+    assert trial.intermediate_values == {3: 9.5, 6: 9.5, 9: 9.5}  # what the pruner saw
+    assert [e["fid"] for e in bridge.records["trial_0002"].evaluations] == [9.5, 30.0, 40.0]  # what was measured
+    assert "best so far 9.5 at step 6 against 2 other trial(s) there: median 9.5, best 9" in caplog.text
+    assert "continues" in caplog.text and "trial_0002 at step 9: FID 40, best so far 9.5" in caplog.text
+    assert caplog.text.rstrip().endswith("pruned")
+    assert explain(bridge.study, 2, 9, 9.5).startswith("best so far 9.5 at step 9 against 2")
+
+
+def test_patience_waits_for_evaluations_without_a_new_best(tmp_path, image_folder):
+    bridge = _bridge(tmp_path, image_folder, pruner="median", warmup=0, patience=1)
+    for ray_id in ("a", "b"):
+        bridge.new_trial(ray_id)
+        for step in (3, 6, 9):
+            bridge.report(ray_id, {"step": step, "fid": 5.0})
+        bridge.complete(ray_id, {"step": 12}, error=False)
+    bridge.new_trial("c")
+    assert bridge.report("c", {"step": 3, "fid": 50.0}) is False  # worse than the median, but patient:
+    assert bridge.report("c", {"step": 6, "fid": 40.0}) is False  # a new best
+    assert bridge.report("c", {"step": 9, "fid": 70.0}) is True  # one evaluation without one
+
+
+def test_no_new_trial_starts_once_the_budget_is_spent(tmp_path, image_folder):
+    bridge = _bridge(tmp_path, image_folder, pruner="none", budget_gpu_hours=1.0)  # CPU-hours: no GPUs
+    assert bridge.new_trial("a") is not None
+    bridge.report("a", {"step": 3, "fid": 5.0, "trial_seconds": 1800.0})
+    assert bridge.new_trial("b") is not None  # half an hour of one CPU spent
+    bridge.report("b", {"step": 3, "fid": 6.0, "trial_seconds": 1800.0})
+    assert bridge.new_trial("c") is None  # an hour: no new trial
+    assert bridge.report("b", {"step": 6, "fid": 5.5, "trial_seconds": 3600.0}) is False  # the running ones go on

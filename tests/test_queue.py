@@ -1,0 +1,132 @@
+"""Sweeps queued on one Ray cluster: a real `ray start --head` with one sweep slot and its job server. Two
+submitted sweeps run one after the other, `sweeps/status.py` shows them, and a cancelled sweep resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from conftest import child_runs, run_launch, sweep_file, tracking_db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _status_command(*args) -> subprocess.CompletedProcess:
+    """sweeps/status.py in a process of its own (Ray reads its token mode once, when it is imported)."""
+    return subprocess.run([sys.executable, "sweeps/status.py", *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+
+
+def _status(*args) -> dict[str, dict]:
+    result = _status_command(*args, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {row["name"]: row for row in json.loads(result.stdout)}
+
+
+def _job(rows: dict[str, dict], name: str) -> dict:
+    return rows.get(name, {}).get("job") or {}
+
+
+def _wait(check, what: str, timeout: float = 420) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def test_two_sweeps_queue_for_one_slot_and_a_cancelled_one_resumes(tmp_path, image_folder, ray_head):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
+    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
+    common = ["--dataset", sweep, "--num-trials", "1", "--pruner", "none", "--storage", str(storage),
+              "--tracking-uri", tracking]
+    look = ["--storage", str(storage), "--address", ray_head]
+    for name in ("first", "second"):
+        submitted = run_launch(*common, "--name", name, "--submit", ray_head, "--detach", timeout=120)
+        assert submitted.returncode == 0, submitted.stderr[-3000:]
+        assert "takes one of the cluster's 1 sweep slots" in submitted.stdout and "ray job logs" in submitted.stdout
+
+    # Ray holds the second PENDING while the first runs, and status says so.
+    _wait(lambda: _job(_status(*look), "first").get("status") == "RUNNING", "first sweep running")
+    rows = _status(*look)
+    assert rows["second"]["job"]["status"] == "PENDING" and rows["second"]["state"] == "queued"
+    assert rows["first"]["state"] == "running"
+    table = _status_command(*look)
+    assert table.returncode == 0 and all(len(line) <= 100 for line in table.stdout.splitlines())
+    assert "first" in table.stdout and "second" in table.stdout
+
+    _wait(lambda: {_job(_status(*look), n).get("status") for n in ("first", "second")} == {"SUCCEEDED"},
+          "both sweeps finished")
+    rows = _status(*look)
+    spans = {name: [json.loads(line)["time"] for line in
+                    (storage / name / "trials" / "trial_0000" / "metrics.jsonl").read_text().splitlines()]
+             for name in ("first", "second")}
+    assert min(spans["second"]) > max(spans["first"])  # one after the other, never both at once
+    for name in ("first", "second"):
+        summary = json.loads((storage / name / "summary.json").read_text())
+        assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 9)]  # nothing lost
+        _, parent, runs = child_runs(tracking, summary)
+        assert parent.info.status == "FINISHED" and len(runs) == 1  # nothing duplicated
+        row = rows[name]
+        assert row["state"] == "finished" and row["trials_done"] == row["trials_total"] == 1
+        assert row["best_fid"] == summary["best"]["fid"] and row["cpu_hours"] > 0 and row["gpu_hours"] == 0
+
+    # A sweep cancelled while it runs stays resumable, and --resume finishes it.
+    (tmp_path / "long").mkdir()
+    longer = sweep_file(tmp_path / "long", image_folder, {"model.d_hidden": [8, 16]}, steps=300, log_every=10,
+                        **{"fid.every": 30, "checkpoint.every": 30})
+    submitted = run_launch("--dataset", longer, "--num-trials", "2", "--pruner", "none", "--storage", str(storage),
+                           "--tracking-uri", tracking, "--name", "third", "--submit", ray_head, "--detach",
+                           timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    study_url = f"sqlite:///{storage / 'third' / 'optuna.db'}"
+    _wait(lambda: (storage / "third" / "optuna.db").exists() and any(
+        t.intermediate_values for t in optuna.load_study(study_name="third", storage=study_url).trials),
+          "third sweep's first evaluation")
+    cancelled = _status_command(*look, "--cancel", "third")
+    assert cancelled.returncode == 0 and "--resume third" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    _wait(lambda: _job(_status(*look), "third").get("status") == "STOPPED", "third sweep stopped", timeout=180)
+    assert _status(*look)["third"]["state"] == "interrupted"
+    again = _status_command(*look, "--cancel", "third")
+    assert again.returncode == 2 and "is interrupted, not running or queued" in again.stderr  # nothing to cancel
+    resumed = run_launch("--resume", "third", "--storage", str(storage), "--tracking-uri", tracking, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((storage / "third" / "summary.json").read_text())
+    assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 300)] * 2
+    assert _status(*look)["third"]["state"] == "finished"
+
+
+def test_a_sweeps_state_from_its_summary_study_and_job():
+    """sweeps/status.py's rows from what the stores hold (no I/O): each state, its figures, a table that fits."""
+    import os
+    import socket
+
+    from sweeps.status import sweep_row, table
+
+    record = {"settings": {"num_trials": 4, "metric": "kid"}}
+    here = {"host": socket.gethostname(), "pid": os.getpid(), "since": 100.0}
+    dead = {**here, "pid": 2**22 + 12345}  # above any pid this machine hands out
+    study = {"states": {"COMPLETE": 1, "PRUNED": 1, "RUNNING": 2}, "seconds": 7200.0, "driver": here,
+             "driver_seconds": 3600.0, "resources": {"cpu": 1, "gpu": 0.25},
+             "evaluations": [{"step": 500, "fid": 40.0, "kid": 0.02}, {"step": 1000, "fid": 35.0, "kid": 0.03}]}
+    running = sweep_row("a", record, None, study, None, now=1900.0)
+    assert running["state"] == "running" and running["trials_done"] == 2 and running["trials_total"] == 4
+    assert (running["best_fid"], running["best_kid"]) == (40.0, 0.02)  # the best by the sweep's metric, KID
+    assert running["wall_hours"] == 1.5 and running["gpu_hours"] == 0.5 and running["cpu_hours"] == 2.0
+    assert sweep_row("a", record, None, {**study, "driver": dead}, None, 1900.0)["state"] == "interrupted"
+    assert sweep_row("a", record, None, {**study, "driver": None}, None, 1900.0)["state"] == "interrupted"
+    queued = sweep_row("q", None, None, None, {"job_id": "j", "status": "PENDING"}, 0.0)
+    assert queued["state"] == "queued" and queued["trials_total"] is None
+    stopped = sweep_row("a", record, None, study, {"job_id": "j", "status": "STOPPED"}, 1900.0)
+    assert stopped["state"] == "interrupted"
+    summary = {"trials": [{"state": "COMPLETE"}, {"state": "PRUNED"}], "best": {"fid": 30.0, "kid": 0.004},
+               "cost": {"wall_hours": 0.1, "gpu_hours": 0.0, "cpu_hours": 0.2}}
+    finished = sweep_row("f" * 90, record, summary, None, None, 0.0)
+    assert finished["state"] == "finished" and finished["trials_done"] == 2 and finished["best_fid"] == 30.0
+    lines = table([running, queued, finished], width=80).splitlines()
+    assert len(lines) == 4 and all(len(line) <= 80 for line in lines) and "~" in lines[3]
