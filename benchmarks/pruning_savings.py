@@ -1,9 +1,10 @@
 """Does pruning pay? The same configs, drawn once, swept three ways: no pruner, median, hyperband.
 
-    python benchmarks/pruning_savings.py [--configs 8] [--seed 0] [--out runs/pruning]
+    python benchmarks/pruning_savings.py [--configs 8] [--seed 0] [--steps 2000 --every 500] [--out runs/pruning]
 
 The configs come from the digits space (sweeps/configs/digits.yaml) at the demo's size (--profile demo: 16 x
-16, 2,000 steps, KID and FID every 500 steps on 200 samples, calibrated Inception), drawn once by Optuna's
+16, 2,000 steps, KID and FID every 500 steps on 200 samples, calibrated Inception; --steps and --every change
+the budget and the evaluations' spacing), drawn once by Optuna's
 seeded RandomSampler and enqueued in the same order into each sweep's study, so that the three sweeps train
 exactly the same list. Each sweep runs on a local Ray, two trials at a time, through the real driver
 (sweeps.driver.run_sweep), on KID as the demo does. Writes, and prints, a table: trial-steps trained, wall
@@ -63,11 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=2000, help="each trial's budget (the demo's: 2000)")
+    parser.add_argument("--every", type=int, default=500, help="steps between evaluations (the demo's: 500)")
     parser.add_argument("--out", type=Path, default=Path("runs/pruning"))
     args = parser.parse_args()
     from sweeps.space import load_sweep
 
     spec = dataclasses.replace(load_sweep("digits", "demo"), first=None)  # the drawn list only
+    spec = spec.with_fixed({"steps": args.steps, "fid.every": args.every, "checkpoint.every": args.every})
     configs = draw(spec, args.configs, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -75,7 +79,8 @@ def main() -> None:
         rows.append(sweep(spec, configs, pruner, args.out))
         (args.out / "results.json").write_text(json.dumps({"configs": configs, "sweeps": rows}, indent=2))
     full = rows[0]
-    print(f"\n{len(configs)} configs of the digits space (RandomSampler seed {args.seed}), the demo's budget\n")
+    print(f"\n{len(configs)} configs of the digits space (RandomSampler seed {args.seed}), {args.steps} steps, "
+          f"evaluated every {args.every}\n")
     print("| pruner | trial-steps | fewer than none | wall time | best KID | best FID | states |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
