@@ -8,10 +8,10 @@ Without --endpoint a moto S3 server is started on a free loopback port. Each mea
 process: it builds the state (or nothing, to load), resets the kernel's peak-RSS counter
 (/proc/self/clear_refs), runs one save or load and reports its peak RSS above what it held before (VmHWM).
 
-- before: ``torch.save`` into a BytesIO, ``getvalue()`` (a copy), one ``put_object``; read back with
-  ``get_object().read()`` and ``torch.load(BytesIO)`` (the code before issue 14).
-- after: ``fpa_core.checkpoint.save``/``load``: a temporary file, boto3's multipart transfer, and
-  ``torch.load(mmap=True)``.
+- before: ``torch.save`` into a BytesIO, ``getvalue()``, one ``put_object``; read back with
+  ``get_object().read()`` and a weights-only load of the BytesIO (the code before issue 14).
+- after: ``fpa_core.checkpoint.save``/``load``: a temporary file, boto3's multipart transfer, and a
+  weights-only, memory-mapped load.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from moto_s3 import start_moto  # noqa: E402
 
 
 def _kib(field: str) -> int:
@@ -98,12 +97,6 @@ def child(mode: str, config_name: str, uri: str) -> None:
                           Bucket=bucket, Key=key)["ContentLength"] / 1e9}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="metfaces")
@@ -119,16 +112,7 @@ def main() -> None:
     server = None
     endpoint = args.endpoint
     if endpoint is None:
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        server, endpoint = start_moto()
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "x"),
            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "x"), "AWS_DEFAULT_REGION": "us-east-1"}
     try:

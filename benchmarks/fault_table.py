@@ -21,25 +21,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from moto_s3 import start_moto  # noqa: E402
 from test_faults import TINY  # noqa: E402  (the fault tests' tiny config)
 
 LAST_GOOD = re.compile(r"the last good checkpoint is (\S+?)\. ")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _steps(metrics: str, resumed: bool = False) -> list[int]:
@@ -118,16 +111,7 @@ def main() -> None:
         import boto3
 
         for name in ("S3 stops answering (SIGSTOP)", "S3 dies (SIGKILL)"):
-            port = _port()
-            server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            endpoint = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(endpoint, timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            server, endpoint = start_moto()
             env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
                    "AWS_DEFAULT_REGION": "us-east-1"}  # retries and timeouts: FPA_S3_* from the environment
             s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",

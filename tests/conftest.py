@@ -40,15 +40,25 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     raise RuntimeError(f"no answer from {url} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto's S3 server as a separate process: a real HTTP S3 endpoint on loopback."""
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """A moto S3 server on a free loopback port, once it answers: (the process, its endpoint URL)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(endpoint, process)
+    except BaseException:
+        process.kill()
+        raise
+    return process, endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server as a separate process: a real HTTP S3 endpoint on loopback."""
+    process, endpoint = start_moto()
+    try:
         yield endpoint
     finally:
         process.terminate()

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for_http
+from conftest import start_moto
 
 from fpa_core import checkpoint
 
@@ -103,12 +103,8 @@ def own_s3(monkeypatch):
     points there (this process's too)."""
     import boto3
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = start_moto()
     try:
-        wait_for_http(endpoint, server)
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
                "AWS_DEFAULT_REGION": "us-east-1", "FPA_S3_MAX_ATTEMPTS": "2", "FPA_S3_TIMEOUT": "2"}
         for name, value in env.items():
@@ -139,6 +135,7 @@ def test_s3_that_stops_answering_ends_the_run_with_one_message_and_it_resumes(ow
         last = _lost(run, "timeout")
     finally:
         os.kill(server.pid, signal.SIGCONT)
+    assert last.startswith(f"s3://{bucket}/run/checkpoints/latest-")
     state = checkpoint.load(last)
     _finished(_train(out, image_folder, env, resume=True), state["step"])
 
@@ -148,4 +145,5 @@ def test_s3_that_dies_ends_the_run_with_one_message(own_s3, image_folder):
     run = _train(f"s3://{bucket}/run", image_folder, env)
     _wait_for(lambda: _checkpoints_on(client, bucket), run, "first checkpoint on S3")
     server.kill()  # connections refused from now on
-    _lost(run, "Could not connect to the endpoint URL")
+    last = _lost(run, "Could not connect to the endpoint URL")
+    assert last.startswith(f"s3://{bucket}/run/checkpoints/latest-")
