@@ -212,6 +212,13 @@ class Evaluator:
         if name in self._real:
             return self._real[name]
         caches = [storage.join(self.cache_dir, name)] + ([storage.join(self.cache_uri, name)] if self.cache_uri else [])
+        with contextlib.nullcontext() if storage.is_s3(caches[0]) else cache.locked(caches[0]):
+            real = self._real[name] = self._find_or_compute(images, caches)
+        return real
+
+    def _find_or_compute(self, images: np.ndarray, caches: list[str]) -> RealSet:
+        """The real set from the first cache that holds it (and copied to those that do not), else computed
+        and written to every cache."""
         for i, uri in enumerate(caches):
             real = _read(uri)
             if real is not None:
@@ -220,7 +227,7 @@ class Evaluator:
                     _write(other, real)
                 break
         else:
-            log.info("computing the Inception features of %d real images (%s)", len(images), name)
+            log.info("computing the Inception features of %d real images (%s)", len(images), caches[0])
             keep = _subset(len(images))
             moments, kept = Moments(), []
             for start in range(0, len(images), self.batch_size):
@@ -230,7 +237,6 @@ class Evaluator:
             real = RealSet(moments.stats(), np.concatenate(kept).astype(np.float32))
             for uri in caches:
                 _write(uri, real)
-        self._real[name] = real
         return real
 
     def generated_features(self, sample: Callable[[int], Tensor], n: int, resolution: tuple[int, int] | None = None,
