@@ -208,7 +208,8 @@ def child_runs(tracking_uri: str, summary: dict):
 @pytest.fixture
 def mlflow_server(tmp_path, s3_bucket, s3_endpoint):
     port = free_port()
-    env_overrides = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    # As docker-compose.yml's server: no job runner (its huey workers, 7 interpreters, serve GenAI features).
+    env_overrides = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -262,6 +263,13 @@ def run_launch(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "sweeps/launch.py", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
                           env={**os.environ, **(env or {})})
+
+
+def ray_token() -> dict[str, str]:
+    """The header with Ray's token, where this machine has one (~/.ray/auth_token, which the first local Ray
+    makes): a head started here then requires it."""
+    token = Path.home() / ".ray" / "auth_token"
+    return {"Authorization": f"Bearer {token.read_text().strip()}"} if token.is_file() else {}
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def run_promote(*args):
     return run_main(promote_main, *args)  # in this process: MLflow is imported once
 
 
+@pytest.mark.slow
 def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     sweep = sweep_file(tmp_path, "digits", {"model.d_hidden": [8, 16]})
     s = settings(tmp_path, num_trials=2)

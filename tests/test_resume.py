@@ -43,6 +43,7 @@ def _logged_steps(folder: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=12, log_every=1)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
@@ -103,6 +104,7 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
 
 
+@pytest.mark.slow
 def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
@@ -205,6 +207,7 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder):
     """SIGTERM (a scheduler, docker stop, Kubernetes) is turned into Ctrl-C: Ray saves the experiment, the
     driver exits 130 with the --resume hint, and --resume finishes every trial."""

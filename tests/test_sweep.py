@@ -199,6 +199,7 @@ def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
     assert _most_at_once(summary) <= 2  # at any moment at most two trials hold a GPU
 
 
+@pytest.mark.slow
 def test_four_trials_share_one_logical_gpu_each_capped_at_its_share(tmp_path, image_folder):
     """--gpus-per-trial 0.25: four trials at once on one GPU (Ray's logical GPU on this CPU machine), each with
     its CUDA memory capped at a quarter (the cap it would set; recorded in its placement), and the sweep's cost
