@@ -100,8 +100,11 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     assert sorted(r.data.tags["fpa.trial_id"] for r in runs) == sorted(names)  # no duplicate child runs
     assert {r.info.run_id for r in runs} == {t["run_id"] for t in summary["trials"]}
     assert all(r.info.status == "FINISHED" for r in runs)
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{root / 'optuna.db'}")
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{root / 'optuna.db'}").trials
+    assert [t.state.name for t in trials].count("COMPLETE") == 4
+    # A trial the driver had asked Optuna for when it was killed, before handing it out, never ran: it is
+    # closed as FAIL (test_a_new_bridge_takes_up_trials_the_dead_driver_left), and no other trial ends so.
+    assert all(t.state.name == "FAIL" and not t.intermediate_values for t in trials if t.state.name != "COMPLETE")
 
 
 @pytest.mark.slow
