@@ -208,7 +208,7 @@ def child_runs(tracking_uri: str, summary: dict):
 @pytest.fixture
 def mlflow_server(tmp_path, s3_bucket, s3_endpoint):
     port = free_port()
-    # As docker-compose.yml's server: no job runner (its huey workers, 7 interpreters, serve GenAI features).
+    # As docker-compose.yml's server: no job runner (eight more processes, for GenAI features the sweeps never use).
     env_overrides = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),

@@ -14,6 +14,8 @@ import pytest
 from conftest import child_runs, ray_token, run_launch, sweep_file, tracking_db
 from local_stack import http
 
+from sweeps.jobs import JOB_METADATA
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,7 +37,7 @@ def _jobs(address: str) -> dict[str, str]:
     status, body = http(f"{address}/api/jobs/", ray_token())
     assert status == 200, body[-500:]
     jobs = sorted(json.loads(body), key=lambda job: job.get("start_time") or 0)
-    return {job["metadata"]["fpa_sweep"]: job["status"] for job in jobs if "fpa_sweep" in (job.get("metadata") or {})}
+    return {job["metadata"][JOB_METADATA]: job["status"] for job in jobs if JOB_METADATA in (job.get("metadata") or {})}
 
 
 def _wait(check, what: str, timeout: float = 420) -> None:
