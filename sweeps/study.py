@@ -241,13 +241,14 @@ class OptunaBridge(TrialBook):
             return True
         if self.metric not in result:
             return False
-        record.note(result)
         step, value = int(result["step"]), float(result[self.metric])
-        if not math.isfinite(value):
+        known = any(e["step"] == step for e in record.evaluations)  # reported before a restart
+        record.note(result)
+        if known or not math.isfinite(value):  # a known step was counted and decided on then, and stays so
             return False
         trial = self._trial(record)
         best = record.best_value  # what the pruner sees: the best so far, never one noisy evaluation
-        trial.report(best, step)  # a step reported before a restart is kept as it was
+        trial.report(best, step)
         trial.set_user_attr("fpa.evaluations", record.evaluations)  # all its scores, for a resumed sweep
         trial.set_user_attr("fpa.placement", record.placement)
         trial.set_user_attr("fpa.seconds", record.seconds)

@@ -44,15 +44,22 @@ def run_trial(config: dict[str, Any]) -> None:
     if capped is not None:
         placement["gpu_memory_fraction"] = capped
 
+    told_tune = False  # whether this process has reported to Tune: a trial that ends without it fails there
+
+    def tell_tune(step: int, metrics: dict[str, float], fid_calibrated: bool, latest: str) -> None:
+        nonlocal told_tune
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, POINTER).write_text(json.dumps({"checkpoint": latest, "step": step}))
+            tune.report({**metrics, "step": step, "fid_calibrated": fid_calibrated, **placement},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+        told_tune = True
+
     def report(step: int, metrics: dict[str, float], fid_calibrated: bool, latest: str, best: str,
                pictures: dict[str, bytes]) -> None:
         logger.log_evaluation(step, metrics, pictures, {
             "fpa.latest_checkpoint": latest, "fpa.best_checkpoint": best, "fpa.fid_calibrated": fid_calibrated,
             "fpa.node_id": placement["node_id"], "fpa.gpu_ids": ",".join(placement["gpu_ids"]) or "none"})
-        with tempfile.TemporaryDirectory() as folder:
-            Path(folder, POINTER).write_text(json.dumps({"checkpoint": latest, "step": step}))
-            tune.report({**metrics, "step": step, "fid_calibrated": fid_calibrated, **placement},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+        tell_tune(step, metrics, fid_calibrated, latest)
 
     def on_evaluation(ev: Evaluation) -> None:
         metrics = {**_scores(ev.scores.to_dict()), **_scores(ev.best, "best_"), "images_per_s": ev.images_per_s,
@@ -78,6 +85,16 @@ def run_trial(config: dict[str, Any]) -> None:
         summary = trainer.train()
     except DETERMINISTIC as e:  # a loss that diverged diverges again from the same checkpoint
         return _fail(config, logger, e, trainer.step, placement)
+    if not told_tune and trainer.evaluations:
+        # A trial that had trained and reported all the way before its driver died: nothing was left to do,
+        # but Tune checks that every trial's last result has the metric. Its last evaluation again (the
+        # study and MLflow have it already, and keep it once).
+        last = trainer.evaluations[-1]
+        best = best_evaluation(trainer.evaluations, metric)
+        log.info("trial %s had finished: reporting its last evaluation (step %d) again", config["trial_id"],
+                 last["step"])
+        tell_tune(int(last["step"]), {**_scores(last), **_scores(best, "best_")}, trainer.evaluator.calibrated,
+                  trainer.last_checkpoint)
     logger.log_summary(summary)
 
 
