@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import child_runs, run_launch, run_main, sweep_file, tracking_db
+from conftest import child_runs, run_launch, run_main, settings, sweep_file, tracking_db
 from mlflow.tracking import MlflowClient
 
 psutil = pytest.importorskip("psutil")
@@ -107,34 +107,30 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     assert all(t.state.name == "FAIL" and not t.intermediate_values for t in trials if t.state.name != "COMPLETE")
 
 
-def test_a_trial_that_had_finished_when_its_driver_died_ends_on_resume(tmp_path, image_folder):
+def test_a_trial_that_had_finished_when_its_driver_died_ends_on_resume(tmp_path, image_folder, local_ray, recwarn):
     """The driver died after a trial's last evaluation and its end in MLflow, before the study's: the study
     still holds it RUNNING, with every evaluation. On --resume it has nothing left to train and ends COMPLETE
     with the same scores (Tune still gets a last result with the metric, which it requires of every trial)."""
     import sqlite3
 
-    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8]}, steps=3)
-    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
-    common = ["--storage", str(storage), "--tracking-uri", tracking]
-    first = run_launch("--dataset", sweep, "--name", "ended", "--num-trials", "1", "--pruner", "none", *common,
-                       timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
-    root = storage / "ended"
-    before = json.loads((root / "summary.json").read_text())["trials"][0]
+    from sweeps.driver import resume_sweep, run_sweep
+    from sweeps.space import load_sweep
+
+    s = settings(tmp_path, num_trials=1)
+    before = run_sweep(load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8]}, steps=3)), s)
+    root = Path(s.storage, s.name)
     with sqlite3.connect(root / "optuna.db") as db:  # the study as the dead driver left it
         db.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL")
         db.execute("DELETE FROM trial_values")
     (root / "summary.json").unlink()
 
-    result = run_launch("--resume", "ended", *common, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "already reported" not in result.stderr  # the study's evaluations stay as they were
-    after = json.loads((root / "summary.json").read_text())["trials"]
-    assert [(t["trial_id"], t["state"], t["steps"], t["best_fid"]) for t in after] == [
-        (before["trial_id"], "COMPLETE", 3, before["best_fid"])]
-    (trial,) = optuna.load_study(study_name="ended", storage=f"sqlite:///{root / 'optuna.db'}").trials
-    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(before["best_fid"])
-    assert list(trial.intermediate_values) == [3]
+    after = resume_sweep(s.name, s.storage, tracking_uri=s.tracking_uri)
+    assert [(t["trial_id"], t["state"], t["steps"], t["best_fid"]) for t in after["trials"]] == [
+        (t["trial_id"], "COMPLETE", 3, t["best_fid"]) for t in before["trials"]]
+    (trial,) = optuna.load_study(study_name=s.name, storage=f"sqlite:///{root / 'optuna.db'}").trials
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(before["best"]["fid"])
+    assert list(trial.intermediate_values) == [3]  # the study's evaluations stay as they were
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
 
 
 @pytest.mark.slow
