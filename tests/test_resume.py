@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import child_runs, run_launch, run_main, settings, sweep_file, tracking_db
+from conftest import child_runs, run_main, settings, sweep_file, tracking_db
 from mlflow.tracking import MlflowClient
 
 psutil = pytest.importorskip("psutil")
@@ -44,7 +44,7 @@ def _logged_steps(folder: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder):
+def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder, local_ray):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=12, log_every=1)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
@@ -80,7 +80,7 @@ def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, imag
     assert "killed" in missing.stderr and "nope" in missing.stderr  # names the sweeps that exist
     assert run_main(launch_main, "--resume", "killed", "--num-trials", "9", *common).returncode == 2
 
-    result = run_launch("--resume", "killed", *common, timeout=600)
+    result = run_main(launch_main, "--resume", "killed", *common)  # the same command, on the tests' local Ray
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((root / "summary.json").read_text())
@@ -134,16 +134,16 @@ def test_a_trial_that_had_finished_when_its_driver_died_ends_on_resume(tmp_path,
 
 
 @pytest.mark.slow
-def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder):
+def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder, local_ray):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
-    first = run_launch("--dataset", sweep, "--name", "short", "--num-trials", "2", "--pruner", "none", *common,
-                       timeout=600)
+    first = run_main(launch_main, "--dataset", sweep, "--name", "short", "--num-trials", "2", "--pruner", "none",
+                     *common)  # the commands run in this process, on the tests' local Ray
     assert first.returncode == 0, first.stderr[-3000:]
     original = json.loads((storage / "short" / "summary.json").read_text())
 
-    def resume(*args):  # bad input, in this process: it ends before Ray starts
+    def resume(*args):
         return run_main(continue_best_main, *args, *common)
 
     assert resume("--sweep", "nope", "--steps", "9").returncode == 2
@@ -153,8 +153,7 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
     assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
     assert "does not go beyond" in resume("--sweep", "short", "--steps", "6").stderr
     assert "already exists" in resume("--sweep", "short", "--steps", "9", "--name", "short").stderr
-    result = subprocess.run([sys.executable, "sweeps/continue_best.py", "--sweep", "short", "--top-k", "1", "--steps",
-                             "9", "--name", "longer", *common], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = resume("--sweep", "short", "--top-k", "1", "--steps", "9", "--name", "longer")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((storage / "longer" / "summary.json").read_text())
@@ -237,7 +236,7 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder):
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder, local_ray):
     """SIGTERM (a scheduler, docker stop, Kubernetes) is turned into Ctrl-C: Ray saves the experiment, the
     driver exits 130 with the --resume hint, and --resume finishes every trial."""
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
@@ -278,7 +277,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_fol
     assert refused.returncode == 2 and "sweep.json is not the one" in refused.stderr, refused.stderr
     record.write_text(original)
 
-    result = run_launch("--resume", "interrupted", *common, timeout=600)
+    result = run_main(launch_main, "--resume", "interrupted", *common)  # on the tests' local Ray
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (tmp_path / "payload-ran").exists()
     summary = json.loads((root / "summary.json").read_text())
