@@ -30,7 +30,8 @@ from fpa_core.data import DatasetNotFoundError, load_images
 from fpa_core.images import IMAGE_FORMATS
 from fpa_core.inception import DIMS
 from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable
-from fpa_core.metrics import BACKBONES, Evaluator, describe, latent_sampler
+from fpa_core.evaluations import BACKBONES, describe
+from fpa_core.metrics import Evaluator, latent_sampler
 from fpa_core.progress import Progress
 
 log = logging.getLogger(__name__)

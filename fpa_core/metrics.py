@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from fpa_core import cache, inception_weights, storage
+from fpa_core.evaluations import BACKBONES
 from fpa_core.fid import FIDStats, Moments, frechet_distance
 from fpa_core.images import IMAGE_FORMATS, check_uint8_images, round_trip, to_uint8, to_unit_float
 from fpa_core.inception import DIMS, build
@@ -40,9 +40,6 @@ from fpa_core.precision_recall import precision_recall
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("inception", "inception-random")
-METRICS = ("fid", "kid")  # what can pick a run's best checkpoint, and what a sweep minimises
-SCORES = ("fid", "kid", "kid_std", "precision", "recall")  # what every evaluation measures
 MAX_FEATURES = 10_000  # per side, for KID and precision/recall
 _CACHE_VERSION = 2  # part of every cache file's name: bump it when the image pipeline changes
 _SUBSET_SEED = 0
@@ -61,22 +58,6 @@ class Scores:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def describe(scores: dict[str, Any], fid_label: str = "FID") -> str:
-    """One line for people: 'FID 12.34, KID 0.0123 ± 0.0010, precision 0.712, recall 0.456' (- where missing)."""
-    def value(key: str, spec: str) -> str:
-        v = scores.get(key)
-        return "-" if v is None else format(v, spec)
-
-    return (f"{fid_label} {value('fid', '.2f')}, KID {value('kid', '.4f')} ± {value('kid_std', '.4f')}, "
-            f"precision {value('precision', '.3f')}, recall {value('recall', '.3f')}")
-
-
-def best_evaluation(evaluations: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The evaluation (a dict with ``step`` and the scores) with the lowest ``metric``; the earliest of ties."""
-    scored = [e for e in evaluations if e.get(metric) is not None and math.isfinite(e[metric])]
-    return min(scored, key=lambda e: (e[metric], e["step"])) if scored else None
 
 
 def latent_sampler(generator: torch.nn.Module, seed: int, step: int, device: str | torch.device = "cpu",

@@ -20,7 +20,7 @@ from fpa_core import storage
 from fpa_core.config import ConfigError, parse_overrides
 from fpa_core.data import DatasetNotFoundError
 from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable
-from fpa_core.metrics import describe
+from fpa_core.evaluations import describe
 from fpa_core.train_config import load_config, packaged_configs
 from fpa_core.trainer import NonFiniteLossError, RunExistsError, Trainer
 

@@ -39,7 +39,8 @@ from fpa_core.data import ImageSet, load_images
 from fpa_core.discriminator import Discriminator
 from fpa_core.images import to_tensor
 from fpa_core.losses import discriminator_loss, generator_loss, gradient_penalty, reconstruction_loss
-from fpa_core.metrics import Evaluator, Scores, best_evaluation, describe, latent_sampler
+from fpa_core.evaluations import best_evaluation, describe
+from fpa_core.metrics import Evaluator, Scores, latent_sampler
 from fpa_core.model import FPAGenerator, ModelConfig
 from fpa_core.progress import Progress
 from fpa_core.train_config import TrainConfig, build_config

@@ -19,8 +19,8 @@ from fpa_core.unet import fpa_of
 from sweeps import ablation, ray_tune
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec, flatten, spec_from_dict
-from sweeps.study import (DRIVER_SECONDS, OptunaBridge, check_record, driving, keep_record_digest, open_store,
-                          open_study)
+from sweeps.study import OptunaBridge, check_record, driving, keep_record_digest, open_store, open_study
+from sweeps.study_overview import DRIVER_SECONDS
 from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, record_digest,
                           recorded_settings, redact, sweep_exists, sweep_folder, trial_folder, write_record,
                           write_summary)

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from fpa_core import storage  # noqa: E402
 from fpa_core.config import ConfigError, parse_overrides  # noqa: E402
-from fpa_core.metrics import METRICS  # noqa: E402
+from fpa_core.evaluations import METRICS  # noqa: E402
 from sweeps.pruning import PRUNERS  # noqa: E402
 from sweeps.jobs import JobServerUnreachable, submit  # noqa: E402
 from sweeps.space import SpaceError, load_sweep, sweep_names  # noqa: E402

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint
 from fpa_core.evaluate import evaluate_checkpoint
-from fpa_core.metrics import SCORES
+from fpa_core.evaluations import SCORES
 from sweeps.sweep import redact, resolve_tracking_uri
 from sweeps.tracking import _slug
 

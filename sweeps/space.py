@@ -58,7 +58,7 @@ import optuna
 import yaml
 
 from fpa_core.config import ConfigError
-from fpa_core.metrics import BACKBONES, METRICS
+from fpa_core.evaluations import BACKBONES, METRICS
 from fpa_core.presets import PRESETS
 from fpa_core.train_config import TrainConfig, build_config, config_dict, packaged_configs
 from sweeps.pruning import PRUNERS

@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fpa_core import storage  # noqa: E402
-from fpa_core.metrics import best_evaluation  # noqa: E402
+from fpa_core.evaluations import best_evaluation  # noqa: E402
+from sweeps.study_overview import SWEEP_STATES, overview  # noqa: E402
 from sweeps.sweep import SweepNotFound, list_sweeps, read_record, read_summary, redact, resolve_storage  # noqa: E402
 
-ENDED = ("COMPLETE", "PRUNED", "ERROR")
+ENDED = tuple(SWEEP_STATES.values())  # a trial that will not run again
 
 
 def sweep_row(name: str, record: dict[str, Any] | None, summary: dict[str, Any] | None,
@@ -85,8 +86,6 @@ def _alive(driver: dict[str, Any]) -> bool:
 
 def collect(root: str, optuna_storage: str | None = None, address: str | None = None) -> list[dict[str, Any]]:
     """The status of every sweep in the storage ``root``, and of every sweep job on the cluster at ``address``."""
-    from sweeps.study import overview
-
     jobs = {}
     if address:
         from sweeps.jobs import sweep_jobs

@@ -25,17 +25,14 @@ from fpa_core.config import to_dict
 from fpa_core.train_config import TrainConfig
 from sweeps.pruning import explain, make_pruner
 from sweeps.space import SweepSpec, flatten
+from sweeps.study_overview import DRIVER, DRIVER_SECONDS, RESOURCES, SWEEP_STATES
 from sweeps.sweep import SweepSettings, redact
 from sweeps.tracking import SweepTracker
 from sweeps.trials import TrialBook, TrialRecord, hours_spent, trial_name
 
 log = logging.getLogger(__name__)
 
-_FINISHED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
 RECORD_DIGEST = "fpa.sweep_json_sha256"  # the study's attribute: the digest of the sweep's sweep.json
-DRIVER = "fpa.driver"  # the study's attribute: the driver running the sweep now ({host, pid, since}), or None
-DRIVER_SECONDS = "fpa.driver_seconds"  # the study's attribute: the sweep's drivers' wall time so far
-RESOURCES = "fpa.resources"  # the study's attribute: what each trial takes ({"cpu": 1, "gpu": 0.25})
 
 
 def open_store(settings: SweepSettings) -> optuna.storages.RDBStorage:
@@ -99,23 +96,6 @@ def driving(study: optuna.Study, resources: dict[str, float]):
     finally:
         study.set_user_attr(DRIVER, None)
         study.set_user_attr(DRIVER_SECONDS, study.user_attrs.get(DRIVER_SECONDS, 0.0) + time.monotonic() - started)
-
-
-def overview(optuna_storage: str, name: str) -> dict[str, Any] | None:
-    """A sweep's study at a glance, read only: its trials by state, the best evaluation of a finished trial,
-    the trials' seconds, its driver (or None) and its drivers' wall time so far. None when there is no study."""
-    try:
-        study = optuna.load_study(study_name=name, storage=optuna_storage)
-    except KeyError:
-        return None
-    trials = study.get_trials(deepcopy=False)
-    states = [_FINISHED.get(t.state, t.state.name) for t in trials if t.state != TrialState.WAITING]
-    evaluations = [e for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   for e in t.user_attrs.get("fpa.evaluations", [])]
-    return {"states": {state: states.count(state) for state in sorted(set(states))}, "evaluations": evaluations,
-            "seconds": sum(float(t.user_attrs.get("fpa.seconds", 0.0)) for t in trials),
-            "driver": study.user_attrs.get(DRIVER), "driver_seconds": study.user_attrs.get(DRIVER_SECONDS, 0.0),
-            "resources": study.user_attrs.get(RESOURCES, {})}
 
 
 def _sampler(spec: SweepSpec, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -300,7 +280,7 @@ class OptunaBridge(TrialBook):
                 record.note(evaluation)
             for step, value in frozen.intermediate_values.items():
                 record.note({"step": step, self.metric: value})
-            record.state = _FINISHED.get(frozen.state, "RUNNING")
+            record.state = SWEEP_STATES.get(frozen.state, "RUNNING")
             self.records[name] = record
             self.reports += len(record.evaluations)
             if record.best_value is not None and (self.best is None or record.best_value < self.best[0]):

@@ -20,7 +20,7 @@ from ray import tune
 
 from fpa_core import checkpoint, storage
 from fpa_core.config import ConfigError
-from fpa_core.metrics import SCORES, best_evaluation
+from fpa_core.evaluations import SCORES, best_evaluation
 from fpa_core.train_config import build_config
 from fpa_core.trainer import Evaluation, NonFiniteLossError, Trainer
 from sweeps.sweep import trial_folder

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fpa_core.metrics import SCORES, best_evaluation
+from fpa_core.evaluations import SCORES, best_evaluation
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import torch
 
 from fpa_core import images, metrics
 from fpa_core.kid import kernel_inception_distance
-from fpa_core.metrics import Evaluator, RealSet, Scores, best_evaluation, cache_name, latent_sampler
+from fpa_core.evaluations import best_evaluation
+from fpa_core.metrics import Evaluator, RealSet, Scores, cache_name, latent_sampler
 from fpa_core.precision_recall import precision_recall
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 FORBIDDEN = ("ray", "mlflow", "optuna", "boto3")
 
@@ -39,3 +40,22 @@ def test_model_cli_rejects_bad_input_with_exit_code_2():
     result = run("-m", "fpa_core.model", "--set", "d_hidden=0", "--set", "rule=hebb")
     assert result.returncode == 2
     assert "d_hidden: must be a positive integer" in result.stderr and "rule: 'hebb' is not allowed" in result.stderr
+
+
+def test_the_status_command_loads_neither_torch_nor_mlflow_nor_ray(tmp_path):
+    """`sweeps/status.py` reads records and studies: it starts in a fraction of a second, not the seconds that
+    torch, MLflow and Ray take to import (Ray only where --address asks a job server)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['sweeps/status.py', '--storage', {str(tmp_path)!r}, '--json']\n"
+        "try:\n"
+        "    runpy.run_path('sweeps/status.py', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow', 'ray', 'torchvision'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
