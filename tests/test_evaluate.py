@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_main
 
 from fpa_core import checkpoint
 from fpa_core.evaluate import DatasetMismatch, evaluate_checkpoint
+from fpa_core.evaluate import main as evaluate_main
 from fpa_core.train_config import load_config
 from fpa_core.trainer import Trainer
 
@@ -67,12 +69,12 @@ def test_other_settings_are_written_where_asked(run, tmp_path):
 ])
 def test_bad_input_exits_2_with_one_message(run, args, message):
     out, _ = run
-    result = evaluate("--checkpoint", str(out / "checkpoints" / "best.pt"), *args)
+    result = run_main(evaluate_main, "--checkpoint", str(out / "checkpoints" / "best.pt"), *args)  # in this process
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_missing_checkpoint_exits_2(tmp_path):
-    result = evaluate("--checkpoint", str(tmp_path / "missing.pt"))
+    result = run_main(evaluate_main, "--checkpoint", str(tmp_path / "missing.pt"))
     assert result.returncode == 2 and "no checkpoint at" in result.stderr
 
 

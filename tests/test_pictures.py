@@ -6,10 +6,12 @@ import sys
 
 import numpy as np
 import torch
+from conftest import run_main
 from PIL import Image
 
 from fpa_core import pictures
 from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.paint import main as paint_main
 from fpa_core.pictures import GAP, LABEL
 
 SCALE = pictures.scale_for(12, 10)  # 7: 10 px wide becomes 70 >= MIN_CELL
@@ -98,6 +100,5 @@ def test_paint_cli_draws_from_a_checkpoint(tmp_path):
     assert Image.open(out / "painting.png").size == (6 * CELL_W + GAP, LABEL + 4 * CELL_H + GAP)
     assert Image.open(out / "painting.gif").format == "GIF"
 
-    missing = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--checkpoint", str(tmp_path / "none.pt"),
-                              "--out", str(out)], capture_output=True, text=True, timeout=120)
+    missing = run_main(paint_main, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out))  # in this process
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
