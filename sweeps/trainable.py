@@ -70,17 +70,20 @@ def run_trial(config: dict[str, Any]) -> None:
         trainer, reported_step = _trainer(config, out, on_evaluation)
     except DETERMINISTIC as e:  # a config the trainer cannot take fails the same way on every retry
         return _fail(config, logger, e, 0, placement)
+    metric = trainer.cfg.fid.metric
+
+    def stored(i: int) -> tuple[int, dict[str, float]]:  # the trainer's i-th evaluation as Tune metrics
+        evaluation, best = trainer.evaluations[i], best_evaluation(trainer.evaluations[:i + 1], metric)
+        return int(evaluation["step"]), {**_scores(evaluation), **_scores(best, "best_")}
+
     # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so
     # that Tune, Optuna and MLflow see every evaluation the trial made.
     best_uri = storage.join(out, "checkpoints", "best.pt")
-    metric = trainer.cfg.fid.metric
     for i, evaluation in enumerate(trainer.evaluations):
         if evaluation["step"] > reported_step:
-            best = best_evaluation(trainer.evaluations[:i + 1], metric)
             log.info("trial %s reports step %d's evaluation, written but not reported before the restart",
                      config["trial_id"], evaluation["step"])
-            report(int(evaluation["step"]), {**_scores(evaluation), **_scores(best, "best_")},
-                   trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
+            report(*stored(i), trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
     try:
         summary = trainer.train()
     except DETERMINISTIC as e:  # a loss that diverged diverges again from the same checkpoint
@@ -89,12 +92,8 @@ def run_trial(config: dict[str, Any]) -> None:
         # A trial that had trained and reported all the way before its driver died: nothing was left to do,
         # but Tune checks that every trial's last result has the metric. Its last evaluation again (the
         # study and MLflow have it already, and keep it once).
-        last = trainer.evaluations[-1]
-        best = best_evaluation(trainer.evaluations, metric)
-        log.info("trial %s had finished: reporting its last evaluation (step %d) again", config["trial_id"],
-                 last["step"])
-        tell_tune(int(last["step"]), {**_scores(last), **_scores(best, "best_")}, trainer.evaluator.calibrated,
-                  trainer.last_checkpoint)
+        log.info("trial %s had finished: reporting its last evaluation again", config["trial_id"])
+        tell_tune(*stored(len(trainer.evaluations) - 1), trainer.evaluator.calibrated, trainer.last_checkpoint)
     logger.log_summary(summary)
 
 
