@@ -18,7 +18,7 @@ their step takes tens of seconds on this CPU, mostly in the 32x32 head's LinearA
 4-D einsums, about 5 s per 20-image forward on one thread).
 
 Ours: bench_step.py's worker (``WORKER``) up to the end of its timed steps:
-``fpa_core.trainer.Trainer._train_step`` of the packaged config, after one warm-up step. This script
+``fpa_core.train.trainer.Trainer._train_step`` of the packaged config, after one warm-up step. This script
 adds only a record of the last step's losses and the parameter counts; it leaves out the worker's
 breakdown of the parts (not used here).
 
@@ -43,7 +43,7 @@ at 4, so that the timed window holds no ``reset_parameter_averaging`` (a G -> EM
 at steps 2, 1002, ... up to 25 K); their EMA update only starts after 20 K steps, and bench_step times
 ours without its EMA, so neither side times an EMA.
 
-How their step differs from ours (fpa_core.trainer.Trainer._train_step), for the same config:
+How their step differs from ours (fpa_core.train.trainer.Trainer._train_step), for the same config:
   - D's step: they run D twice, on the fakes and then on the reals; we run one batch of fakes and reals
     (``D.judge``) except on penalty steps, where the double backward must span the reals alone.
   - They set requires_grad on the reals at every step, so every D backward also computes the gradient
@@ -82,7 +82,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from bench_step import WORKER  # noqa: E402  (ours: the same worker bench_step.py runs)
-from fpa_core.train_config import TrainConfig, load_config  # noqa: E402
+from fpa_core.train.config import TrainConfig, load_config  # noqa: E402
 
 THREADS = r'''
 import os, torch
@@ -95,7 +95,7 @@ if os.environ.get("BENCH_THREADS"):
 _BREAKDOWN = "\nparts = {}\n"
 assert _BREAKDOWN in WORKER, "bench_step.WORKER changed: where do its timed steps end?"
 OURS_WORKER = THREADS + r'''
-import fpa_core.trainer as _trainer_module
+import fpa_core.train.trainer as _trainer_module
 _losses = {}
 _train_step = _trainer_module.Trainer._train_step
 def _recorded(self):

@@ -1,4 +1,4 @@
-"""The Fréchet distance of fpa_core.fid against pytorch-fid's, on 2048-d statistics.
+"""The Fréchet distance of fpa_core.metrics.fid against pytorch-fid's, on 2048-d statistics.
 
     python benchmarks/bench_fid.py [--dims 2048] [--n 4096] [--repeats 3] [--json out.json]
 
@@ -22,7 +22,7 @@ import numpy as np
 import scipy
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from fpa_core.fid import frechet_distance
+from fpa_core.metrics.fid import frechet_distance
 
 
 def feature_stats(rng: np.random.Generator, n: int, dims: int, shift: float, scale: float):

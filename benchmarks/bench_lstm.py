@@ -22,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from fpa_core.train_config import load_config
+from fpa_core.train.config import load_config
 
 
 def loop_fused_input(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:

@@ -23,14 +23,15 @@ import time
 import numpy as np
 import torch
 
-from fpa_core import checkpoint, inception_weights
-from fpa_core.evaluate import evaluate_checkpoint
-from fpa_core.fid import frechet_distance
-from fpa_core.inception import build
-from fpa_core.kid import kernel_inception_distance
-from fpa_core.metrics import MAX_FEATURES
-from fpa_core.precision_recall import precision_recall
-from fpa_core.train_config import load_config, packaged_configs
+from fpa_core import checkpoint
+from fpa_core.metrics import weights as inception_weights
+from fpa_core.metrics.protocol import evaluate_checkpoint
+from fpa_core.metrics.fid import frechet_distance
+from fpa_core.metrics.inception import build
+from fpa_core.metrics.kid import kernel_inception_distance
+from fpa_core.metrics.evaluator import MAX_FEATURES
+from fpa_core.metrics.precision_recall import precision_recall
+from fpa_core.train.config import load_config, packaged_configs
 
 REAL_IMAGES = {"digits": 1797, "celeba": 202_599, "metfaces": 1336, "afhq-cat": 5153, "afhq-dog": 4739,
                "afhq-wild": 4738, "lsun-church": 126_227}  # Appendix B.1; AFHQ's train splits

@@ -42,7 +42,7 @@ def _state(config_name: str) -> dict:
 
     from fpa_core.discriminator import Discriminator
     from fpa_core.model import FPAGenerator
-    from fpa_core.train_config import load_config
+    from fpa_core.train.config import load_config
 
     config = load_config(config_name, {})
     G = FPAGenerator(config.model)

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from fpa_core.model import FPAGenerator
-from fpa_core.train_config import load_config
-from fpa_core.trainer import Trainer
+from fpa_core.train.config import load_config
+from fpa_core.train.trainer import Trainer
 
 
 def images_per_second(generator: FPAGenerator, batch: int, seconds: float = 5.0) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
     fid_s = elapsed - summary["wall_time_s"] + 0.0
     report.update({"train_steps": args.steps, "train_wall_s": round(elapsed, 1),
                    "train_steps_per_s": round(args.steps / summary["wall_time_s"], 2),
-                   "final_fid_uncalibrated": summary["final_fid"], "batch": 20, "autocast": "bf16",
+                   "final_fid_uncalibrated": summary["final"]["fid"], "batch": 20, "autocast": "bf16",
                    "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "overhead_s": round(fid_s, 1)})
     print(f"training: {args.steps} steps at batch 20, bf16: {report['train_steps_per_s']} steps/s "
           f"(peak memory {report['max_memory_gib']} GiB)", flush=True)

@@ -77,7 +77,7 @@ def main() -> None:
     pruners = args.pruners.split(",")
     if unknown := [p for p in pruners if p not in OFFERED]:
         parser.error(f"--pruners: unknown {', '.join(unknown)}; choose from {', '.join(OFFERED)}")
-    from sweeps.space import load_sweep
+    from sweeps.sweep_file import load_sweep
 
     spec = dataclasses.replace(load_sweep("digits", "demo"), first=None)  # the drawn list only
     spec = spec.with_fixed({"steps": args.steps, "fid.every": args.every, "checkpoint.every": args.every})

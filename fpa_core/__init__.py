@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConfigError": "fpa_core.config",
     "FPAGenerator": "fpa_core.model",
-    "ModelConfig": "fpa_core.model",
+    "ModelConfig": "fpa_core.model_config",
     "Painting": "fpa_core.model",
     "PRESETS": "fpa_core.presets",
     "RULES": "fpa_core.rules",

@@ -1,7 +1,7 @@
 """The one cache folder of fpa_core: $FPA_CACHE_DIR, else ~/.cache/fpa, with a subfolder per kind.
 
-    datasets/   preprocessed image arrays (fpa_core.datasets)
-    fid/        statistics and features of real image sets (fpa_core.metrics)
+    datasets/   preprocessed image arrays (fpa_core.data.catalog)
+    fid/        statistics and features of real image sets (fpa_core.metrics.evaluator)
 """
 
 from __future__ import annotations

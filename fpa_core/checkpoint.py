@@ -16,8 +16,9 @@ import torch
 
 from fpa_core import storage
 from fpa_core.config import from_dict
-from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.unet import RefinedGenerator, UNetConfig, build_unet
+from fpa_core.model import FPAGenerator
+from fpa_core.model_config import ModelConfig, UNetConfig
+from fpa_core.unet import RefinedGenerator, build_unet
 
 FORMAT_VERSION = 2  # 2: "evaluations" (every score of every evaluation) replaced 1's "fid_history" and "best"
 LATEST_RE = re.compile(r"^latest-(\d{8})\.pt$")

@@ -141,32 +141,72 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=1e-4", "model.rule=oja"]`` -> nested dict; values are parsed as YAML scalars."""
+# -- dotted paths: "model.d_hidden" names the field d_hidden of the section model --------------------------
+
+def field_paths(cls: type) -> list[str]:
+    """The dotted path of every leaf field of a config dataclass, e.g. ``model.d_hidden``."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths += [f"{f.name}.{path}" for path in field_paths(hints[f.name])]
+        else:
+            paths.append(f.name)
+    return paths
+
+
+def nested(dotted: dict[str, Any], source: str = "dotted paths") -> dict[str, Any]:
+    """``{"model.d_hidden": 2}`` -> ``{"model": {"d_hidden": 2}}``; ConfigError where two paths collide."""
     out: dict[str, Any] = {}
+    errors = []
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                errors.append(f"{key}: {part} is already set to a value; drop one of the two")
+                break
+        else:
+            if isinstance(node.get(leaf), dict):
+                errors.append(f"{key}: already set by a longer path; drop one of the two")
+            else:
+                node[leaf] = value
+    if errors:
+        raise ConfigError(errors, source)
+    return out
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The inverse of ``nested``: a nested mapping or a config dataclass -> dotted path -> value."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "model.rule=oja"]`` -> a nested mapping; values are parsed as YAML scalars."""
+    dotted: dict[str, Any] = {}
     errors = []
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
             errors.append(f"--set {item!r}: expected KEY=VALUE, e.g. model.d_hidden=2048")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
+            dotted[key] = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
-            value = raw
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                errors.append(f"--set {item!r}: {part} was already set to a value")
-                break
-            node = child
-        else:
-            node[leaf] = value
+            dotted[key] = raw
     if errors:
         raise ConfigError(errors, "overrides")
-    return out
+    return nested(dotted, "overrides")
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -20,49 +20,15 @@ the reference's ``antialias`` option, off by default there and here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpa_core.config import check
+from fpa_core.model_config import DiscriminatorConfig, is_power_of_two
 from fpa_core.window_attention import window_attention
-
-
-@dataclass
-class DiscriminatorConfig:
-    """The reference's discriminator knobs, with the values its main.py passes (not painter.py's defaults).
-
-    At 64x64 with 3 channels these give 12,326,632 parameters, the 12.1-12.7 M that Table 3's
-    "Total" minus "Gen." rows imply (fpainter's painter.py defaults, disc_output_size 5 and no
-    attention, would give 9.7 M).
-    """
-
-    fmap_max: int = 512  # the widest feature map
-    fmap_inverse_coef: int = 12  # a block entering a 2^r x 2^r map has min(2^(coef - r), fmap_max) channels
-    disc_output_size: int = 1  # 1: one logit per image; 5: a 5x5 map of logits
-    attn_res_layers: list[int] = field(default_factory=lambda: [32])  # input widths that get linear attention
-    antialias: bool = False  # blur before every down-sampling; the reference's default leaves it off
-    small_head_attention: bool = True  # the 32x32 head's two attention blocks; costly on a CPU
-    recon_size: int = 128  # the reals' reconstruction from the 8x8 features: the reference's 128x128 at any size
-    small_size: int = 32  # the second head looks at the image resized to this: the reference's 32x32 at any size
-
-    def validate(self) -> list[str]:
-        errors = []  # every width a whole number, and the decoders' inputs (halved three times) >= 8
-        if not (_is_power_of_two(self.fmap_max) and self.fmap_max >= 8):
-            errors.append(f"fmap_max: must be a power of two >= 8, got {self.fmap_max}")
-        if self.fmap_inverse_coef < 8:
-            errors.append(f"fmap_inverse_coef: must be at least 8, got {self.fmap_inverse_coef}")
-        if self.disc_output_size not in (1, 5):
-            errors.append(f"disc_output_size: must be 1 or 5, got {self.disc_output_size}")
-        for width in self.attn_res_layers:
-            if not _is_power_of_two(width):
-                errors.append(f"attn_res_layers: every entry must be a power of two, got {width}")
-        for name in ("recon_size", "small_size"):
-            if not (_is_power_of_two(getattr(self, name)) and getattr(self, name) >= 16):
-                errors.append(f"{name}: must be a power of two >= 16, got {getattr(self, name)}")
-        return errors
 
 
 @dataclass
@@ -70,10 +36,6 @@ class DiscOutput:
     logits: Tensor  # (B, 1), or (B, 25) with disc_output_size 5; high means "real"
     logits_small: Tensor  # (B, 1), from the 32x32 copy of the input
     aux_loss: Tensor | None = None  # scalar reconstruction loss, only when asked for (aux=True)
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
 
 
 class Blur(nn.Module):
@@ -256,7 +218,7 @@ class Discriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig | None = None, image_size: int = 64, channels: int = 3):
         super().__init__()
         self.config = cfg = check(config or DiscriminatorConfig(), "discriminator")
-        if not (isinstance(image_size, int) and _is_power_of_two(image_size) and image_size >= 16):
+        if not (isinstance(image_size, int) and is_power_of_two(image_size) and image_size >= 16):
             raise ValueError(f"the discriminator takes square images whose size is a power of two >= 16 "
                              f"(16, 32, 64, 128, ...), got image_size={image_size!r}")
         if channels < 1:

@@ -15,46 +15,15 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpa_core.model_config import ModelConfig
 from fpa_core.config import ConfigError, check, from_dict, parse_overrides, to_dict
 from fpa_core.presets import PRESETS, TABLE3_PARAMS_M
 from fpa_core.rules import apply_rule
-
-
-@dataclass
-class ModelConfig:
-    """Every knob of Sec. 3.1 and Appendix B.2. Defaults are the CelebA row of Table 3."""
-
-    input_generator: Literal["v1", "v2"] = "v2"
-    input_tanh: bool = False  # v2: tanh on the input generator's output
-    latent_to_init: bool = False  # a Linear map z -> initial (h, c) of every LSTM layer; else zeros
-    d_latent: int = 128
-    d_in: int = 8  # v2 only: per-step input width (v1 feeds z itself, d_in = d_latent)
-    d_in_proj: int = 128  # v2 only: d_in' of the paper, the Linear d_in -> d_in' shared over time
-    d_hidden: int = 1024
-    num_layers: int = 2
-    channels: int = 3
-    height: int = 64  # d_value
-    width: int = 64  # d_key
-    steps: int = 64  # T, the number of painting steps
-    rule: Literal["delta", "additive", "oja", "oja-softmax"] = "delta"  # fpa_core.rules
-    output_tanh: bool = True
-    parallel: bool = True  # the triangular-solve form of the rule; False runs the reference loop
-    # The first step's learning rate: sigmoid(beta_1), as Eq. 9, or one, as the authors' code does for the
-    # delta rule (W_1 = v_1 (x) k_1; their Oja painter keeps sigmoid(beta_1))
-    first_step_lr: Literal["sigmoid", "one"] = "sigmoid"
-
-    def validate(self) -> list[str]:
-        errors = []
-        for name in ("d_latent", "d_in", "d_in_proj", "d_hidden", "num_layers", "channels", "height", "width", "steps"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name}: must be a positive integer, got {getattr(self, name)}")
-        return errors
 
 
 @dataclass

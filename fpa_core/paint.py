@@ -13,23 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from fpa_core import checkpoint, pictures, storage
+from fpa_core import checkpoint, pictures
 from fpa_core.config import ConfigError
-
-
-def draw(generator: torch.nn.Module, out: str, *, samples: int = 64, paintings: int = 4, seed: int = 0,
-         steps: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, str]:
-    """Write grid.png, painting.png and painting.gif for fixed latents; returns their locations."""
-    device = next(generator.parameters()).device
-    latents = torch.randn(max(samples, paintings), generator.config.d_latent,
-                          generator=torch.Generator().manual_seed(seed)).to(device)
-    written = {}
-    for name, data in pictures.render(generator, latents, samples, paintings, value_range, steps=steps).items():
-        written[name] = storage.join(out, name)
-        storage.write_bytes(written[name], data)
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.checkpoint or args.model
         state = checkpoint.load(checkpoint.resolve(uri, args.tracking_uri))
         generator = checkpoint.generator_from_state(state, ema=not args.raw, source=uri)
-        written = draw(generator, args.out, samples=args.samples, paintings=args.paintings, seed=args.seed,
+        written = pictures.draw(generator, args.out, samples=args.samples, paintings=args.paintings, seed=args.seed,
                        steps=args.steps, value_range=checkpoint.value_range(state))
     except (FileNotFoundError, ValueError, ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fpa_core import storage
 from fpa_core.images import to_uint8
 from fpa_core.model import Painting
 
@@ -139,3 +140,16 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
+
+
+def draw(generator: torch.nn.Module, out: str, *, samples: int = 64, paintings: int = 4, seed: int = 0,
+         steps: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, str]:
+    """Write grid.png, painting.png and painting.gif for fixed latents; returns their locations."""
+    device = next(generator.parameters()).device
+    latents = torch.randn(max(samples, paintings), generator.config.d_latent,
+                          generator=torch.Generator().manual_seed(seed)).to(device)
+    written = {}
+    for name, data in render(generator, latents, samples, paintings, value_range, steps=steps).items():
+        written[name] = storage.join(out, name)
+        storage.write_bytes(written[name], data)
+    return written

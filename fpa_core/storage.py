@@ -173,6 +173,38 @@ def location_problem(uri: str | os.PathLike | None) -> str | None:
     return None
 
 
+def unreachable(uri: str | os.PathLike, timeout: float = 10.0) -> str | None:
+    """Why a folder or s3:// location cannot be written now, without writing anything, or None: a local folder
+    must be (or be creatable under) a writable folder; a bucket must answer, once, within ``timeout`` seconds."""
+    if not is_s3(uri):
+        path = Path(uri).absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable"
+        return None
+    bucket, _ = _split(uri)
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return "s3:// locations need boto3: pip install boto3"
+    config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout)
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=config)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchBucket"):
+            return f"the bucket {bucket!r} does not exist (at {client.meta.endpoint_url}); create it first"
+        return f"the bucket {bucket!r} refused the request ({code or e}); check the AWS_* credentials"
+    except BotoCoreError as e:
+        return f"no answer from the S3 endpoint {client.meta.endpoint_url} ({type(e).__name__}: {e})"
+    return None
+
+
 def _split(uri: str | os.PathLike) -> tuple[str, str]:
     bucket, _, key = str(uri)[len("s3://"):].partition("/")
     if not bucket:

@@ -19,52 +19,13 @@ learns; end-to-end training made the U-Net ignore the FPA, Appendix C.1).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from fpa_core.config import check
 from fpa_core.model import FPAGenerator, Painting
-
-
-@dataclass
-class UNetConfig:
-    arch: Literal["reference", "resnet"] = "reference"  # the authors' U-Net, or this project's earlier one
-    dim: int = 64  # channels of the first level
-    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])  # one entry per level
-    blocks: int = 2  # ResNet blocks per level
-    groups: int = 8  # GroupNorm groups; every level's width must divide by it
-    heads: int = 4  # reference: attention heads of dim_head channels each
-    dim_head: int = 32
-    output_tanh: bool = True  # reference: tanh on the U-Net's output, as the code's --unet_tanh
-    channels: int = 3  # image channels in and out
-
-    def validate(self) -> list[str]:
-        errors = [f"{n}: must be a positive integer, got {getattr(self, n)}"
-                  for n in ("dim", "blocks", "groups", "heads", "dim_head", "channels") if getattr(self, n) < 1]
-        if not self.dim_mults or any(m < 1 for m in self.dim_mults):
-            errors.append(f"dim_mults: a non-empty list of positive integers, got {self.dim_mults}")
-        elif self.groups >= 1 and any(self.dim * m % self.groups for m in [1, *self.dim_mults]):
-            errors.append(f"groups: {self.groups} must divide every level's width "
-                          f"{[self.dim * m for m in self.dim_mults]} and dim {self.dim}")
-        if self.arch == "resnet" and self.output_tanh:
-            errors.append("output_tanh: the resnet U-Net has no final tanh; set output_tanh: false "
-                          "(or arch: reference)")
-        return errors
-
-    @property
-    def halvings(self) -> int:
-        """Down-samplings: one per level but the last (reference), one per level (resnet)."""
-        return len(self.dim_mults) - 1 if self.arch == "reference" else len(self.dim_mults)
-
-    def check_resolution(self, height: int, width: int) -> list[str]:
-        factor = 2 ** self.halvings
-        if height % factor or width % factor:
-            return [f"dim_mults: {self.halvings} down-samplings need an image size divisible by "
-                    f"{factor}, got {height}x{width}"]
-        return []
+from fpa_core.model_config import UNetConfig
 
 
 def build_unet(config: UNetConfig) -> nn.Module:

@@ -11,7 +11,8 @@ import io
 import statistics
 from typing import Any
 
-from sweeps.space import SweepSpec, flatten
+from fpa_core.config import flatten
+from sweeps.space import SweepSpec
 
 SCORES = ("fid", "kid")
 

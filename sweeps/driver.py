@@ -13,18 +13,19 @@ from typing import Any
 import yaml
 
 from fpa_core import checkpoint, storage
-from fpa_core.config import to_dict
-from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
+from fpa_core.config import flatten, to_dict
+from fpa_core.metrics.weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
 from fpa_core.unet import fpa_of
-from sweeps import ablation, ray_tune
+from sweeps import ablation, preflight, ray_tune
 from sweeps.registry import download_model, model_name
-from sweeps.space import SweepSpec, flatten, spec_from_dict
+from sweeps.space import SweepSpec
+from sweeps.sweep_file import spec_from_dict
 from sweeps.study import OptunaBridge, check_record, driving, keep_record_digest, open_store, open_study
-from sweeps.study_overview import DRIVER_SECONDS
-from sweeps.sweep import (SweepInterrupted, SweepSettings, read_record, read_summary, record_digest,
-                          recorded_settings, redact, sweep_exists, sweep_folder, trial_folder, write_record,
+from sweeps.overview import DRIVER_SECONDS
+from sweeps.sweep import (SweepError, SweepInterrupted, SweepSettings, read_record, read_summary, record_digest,
+                          recorded_settings, redact, sweep_folder, trial_folder, write_record,
                           write_summary)
-from sweeps.tracking import SweepTracker, ui_command
+from sweeps.tracking import SweepTracker, experiment_url, ui_command
 from sweeps.trials import FixedTrials, TrialBook, TrialRecord, usage
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,26 @@ KEY_PARAMS = ("model.input_generator", "model.d_latent", "model.d_hidden", "mode
 
 
 def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
-    """Run a new sweep to its end; returns (and writes) its summary."""
+    """Run a new sweep to its end; returns (and writes) its summary. A sweep that cannot run raises SweepError
+    before anything is written: its name, dataset, stores and flags (``sweeps.preflight``), then the FID
+    Inception's weights, then what its trials would take once Ray is up."""
+    found = preflight.problems(spec, settings)
+    if found:
+        raise SweepError(found)
     spec = _resolve_fid_backbone(spec).with_fixed({"fid": {"metric": settings.metric}})
-    if sweep_exists(settings.storage, settings.name):
-        raise ValueError(f"{settings.folder} already holds a sweep named {settings.name}: continue it with "
-                         f"--resume {settings.name}, or choose another --name")
+    resources = ray_tune.connect(settings)
+    _check_budget(settings, resources)
     base = None
     if settings.stage == "unet":
         spec, base = _unet_stage(spec, settings)
     digest = write_record(settings, spec.to_dict(), base)  # what --resume needs, the stores without credentials
-    return _run(spec, settings, resume=False, base=base, digest=digest)
+    return _run(spec, settings, resources, resume=False, base=base, digest=digest)
+
+
+def _check_budget(settings: SweepSettings, resources: dict[str, float]) -> None:
+    if settings.budget_gpu_hours is not None and not resources.get("gpu"):
+        raise SweepError("--budget-gpu-hours: the trials take no GPU on this cluster, so they use no GPU-hours and "
+                         "the budget would never stop the sweep; use --budget-cpu-hours, or --gpus-per-trial")
 
 
 def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, dict[str, Any]]:
@@ -53,11 +64,11 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, di
     source = settings.base or "champion"
     if source == "champion":
         source = f"models:/{model_name(spec.dataset)}@champion"
-    if source.startswith("models:/"):
-        local = download_model(source, settings.tracking_uri)
-    else:
-        local = source
-    state = checkpoint.load(local)
+    try:
+        state = checkpoint.load(download_model(source, settings.tracking_uri) if source.startswith("models:/")
+                                else source)
+    except (ValueError, FileNotFoundError) as e:  # no such model, alias or file; not a checkpoint
+        raise SweepError(f"--base {settings.base or 'champion'}: {e}") from None
     if state["config"].get("stage", "fpa") == "unet":  # a refined champion: refine its FPA anew
         log.info("--base %s is an FPA with a U-Net; the new U-Nets refine its FPA", source)
         state = fpa_of(state)
@@ -75,28 +86,32 @@ def _unet_stage(spec: SweepSpec, settings: SweepSettings) -> tuple[SweepSpec, di
 
 def resume_sweep(name: str, storage_root: str, *, tracking_uri: str | None = None,
                  optuna_storage: str | None = None, address: str | None = None,
-                 budget_gpu_hours: float | None = None) -> dict[str, Any]:
+                 budget_gpu_hours: float | None = None, budget_cpu_hours: float | None = None) -> dict[str, Any]:
     """Continue a sweep whose driver died: finished trials stay, running ones continue from their
     checkpoints, pending ones start, all in their MLflow runs and Optuna trials. The stores are the
     ones the sweep was started with unless given (a URL with credentials was recorded without them)."""
     saved = read_record(storage_root, name)
-    changes = {"budget_gpu_hours": budget_gpu_hours} if budget_gpu_hours is not None else {}
+    budgets = {"budget_gpu_hours": budget_gpu_hours, "budget_cpu_hours": budget_cpu_hours}
     settings = recorded_settings(saved, storage_root, tracking_uri=tracking_uri, optuna_storage=optuna_storage,
-                                 address=address, **changes)
+                                 address=address, **{k: v for k, v in budgets.items() if v is not None})
+    found = preflight.store_problems(settings)
+    if found:
+        raise SweepError(found)
     check_record(settings, record_digest(saved))
-    return _run(spec_from_dict(saved["spec"]), settings, resume=True, base=saved.get("base"))
+    resources = ray_tune.connect(settings)
+    _check_budget(settings, resources)
+    return _run(spec_from_dict(saved["spec"]), settings, resources, resume=True, base=saved.get("base"))
 
 
-def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str, Any] | None = None,
-         digest: str | None = None) -> dict[str, Any]:
+def _run(spec: SweepSpec, settings: SweepSettings, resources: dict[str, float], resume: bool,
+         base: dict[str, Any] | None = None, digest: str | None = None) -> dict[str, Any]:
     """A sweep from its first (or, resumed, its next) trial to its summary."""
     config = spec.trial_config({})
-    resources = ray_tune.connect(settings)
     tracker = SweepTracker.for_sweep(settings, spec.dataset)
     if resume:
         parent_id = tracker.resume_sweep(settings.name)
         if parent_id is None:
-            raise ValueError(f"sweep {settings.name} has no parent run in the MLflow store "
+            raise SweepError(f"sweep {settings.name} has no parent run in the MLflow store "
                              f"{redact(settings.tracking_uri)}; pass the --tracking-uri it ran with")
     else:
         parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict())
@@ -108,8 +123,7 @@ def _run(spec: SweepSpec, settings: SweepSettings, resume: bool, base: dict[str,
         keep_record_digest(study, digest)
 
     ray_tune.prepare_real_features(config, settings, resources)
-    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings.name, _trial_context(settings, resources),
-                          config, budget_hours=settings.budget_gpu_hours)
+    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings, resources, config)
     if resume:
         bridge.reconcile()  # the sweep so far, as its study holds it
     with driving(study, resources):  # the study names this driver while it runs, and sums the drivers' time
@@ -141,49 +155,39 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
     metric = finished["metric"]
     ranked = sorted((t for t in finished["trials"] if t["best_value"] is not None), key=lambda t: t["best_value"])
     if not ranked:
-        raise ValueError(f"sweep {sweep} has no trial with an evaluation to continue from")
+        raise SweepError(f"sweep {sweep} has no trial with an evaluation to continue from")
     picked = ranked[:top_k]
     if steps <= max(t["steps"] for t in picked):
-        raise ValueError(f"--steps {steps} does not go beyond the trials' {max(t['steps'] for t in picked)} steps")
+        raise SweepError(f"--steps {steps} does not go beyond the trials' {max(t['steps'] for t in picked)} steps")
     name = name or f"{sweep}-continued-{time.strftime('%Y%m%d-%H%M%S')}"
     if storage.exists(sweep_folder(storage_root, name)):
-        raise ValueError(f"{sweep_folder(storage_root, name)} already exists; choose another --name")
+        raise SweepError(f"{sweep_folder(storage_root, name)} already exists; choose another --name")
     settings = recorded_settings(saved, storage_root, tracking_uri=tracking_uri, name=name, num_trials=len(picked),
                                  pruner="none", address=address, cpus_per_trial=cpus_per_trial,
                                  max_concurrent=max_concurrent)
     spec = spec_from_dict(saved["spec"]).with_fixed({"steps": steps})
     resources = ray_tune.connect(settings)
-    context = _trial_context(settings, resources)
     tracker = SweepTracker.for_sweep(settings, spec.dataset)
     parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict(), {"fpa.continues_sweep": sweep})
 
-    plans = []
+    records = []
     for trial in picked:
         folder = storage.join(trial_folder(sweep_folder(storage_root, sweep), trial["trial_id"]), "checkpoints")
         latest = checkpoint.latest_checkpoints(folder)
         origin = storage.join(folder, "best.pt") if start == "best" or not latest else latest[-1][1]
-        config = to_dict(spec.trial_config(trial["params"]))
+        config = spec.trial_config(trial["params"])
         run_id = tracker.start_child(parent_id, name, trial["trial_id"], {
             **flatten(config), "fpa.continues_run": trial["run_id"]}, tags={
             "fpa.continues_run": trial["run_id"], "fpa.continues_checkpoint": origin, "fpa.continues_sweep": sweep})
-        record = TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"], metric, config=config)
-        plans.append((record, {"train": config, "run_id": run_id, "trial_id": record.trial_id, "init_from": origin,
-                               **context}))
-        log.info("%s continues from %s (best %s %.4g) to step %d", record.trial_id, origin, metric.upper(),
+        records.append(TrialRecord(trial["trial_id"], trial["optuna_trial"], run_id, trial["params"], config, metric,
+                                   init_from=origin))
+        log.info("%s continues from %s (best %s %.4g) to step %d", trial["trial_id"], origin, metric.upper(),
                  trial["best_value"], steps)
-    bridge = FixedTrials(plans, tracker, parent_id, metric)
+    bridge = FixedTrials(records, tracker, parent_id, metric, settings, resources)
     started = time.monotonic()
     _run_trials(settings, bridge, resources, tracker, resumable=False)
     return _finish(spec, settings, bridge, tracker, finished["fid_calibrated"], finished.get("base"),
                    wall_s=time.monotonic() - started, resources=resources)
-
-
-def _trial_context(settings: SweepSettings, resources: dict[str, float]) -> dict[str, Any]:
-    """What every trial needs besides its config: where to write, and what it was given (its threads, its
-    share of a GPU)."""
-    return {"out_root": settings.folder, "tracking_uri": settings.tracking_uri,
-            "threads": max(1, int(settings.cpus_per_trial)), "cpus": resources.get("cpu", 1),
-            "gpus": resources.get("gpu", 0)}
 
 
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker: SweepTracker, calibrated: bool,
@@ -200,6 +204,7 @@ def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker
                                                f"against each axis (mean ± std over {spec.seeds} seeds)")}
         for name, data in files.items():
             storage.write_bytes(storage.join(settings.folder, name), data)
+    summary["mlflow_url"] = experiment_url(settings.tracking_uri, tracker.experiment_id)
     summary_uri = write_summary(settings, summary)  # first: an MLflow failure below loses nothing
     metric = bridge.metric
     try:
@@ -228,7 +233,7 @@ def _resolve_fid_backbone(spec: SweepSpec) -> SweepSpec:
         return spec.with_fixed({"fid": {"backbone": "inception"}})
     except (FIDWeightsUnavailable, FIDWeightsInvalid) as e:
         if backbone != "auto":
-            raise ValueError(f"{e}\nOr run the sweep uncalibrated: --set fid.backbone=inception-random") from None
+            raise SweepError(f"{e}\nOr run the sweep uncalibrated: --set fid.backbone=inception-random") from None
     print("No FID Inception weights on this machine: this sweep's FIDs use the uncalibrated inception-random "
           "backbone (comparable with each other, not with published FIDs).", flush=True)
     return spec.with_fixed({"fid": {"backbone": "inception-random"}})
@@ -239,9 +244,8 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
     trials = []
     for record in sorted(bridge.records.values(), key=lambda r: r.number):
         best = record.best or {}
-        trials.append({"trial_id": record.trial_id, "optuna_trial": record.number,
-                       "state": "RUNNING" if record.state == "RUNNING" else record.state, "steps": record.steps,
-                       "best_value": record.best_value, "best_fid": best.get("fid"), "best_kid": best.get("kid"),
+        trials.append({"trial_id": record.trial_id, "optuna_trial": record.number, "state": record.state,
+                       "steps": record.steps, "best_value": record.best_value, "best": record.best,
                        "run_id": record.run_id, "params": record.params, "fids": record.fids,
                        "evaluations": record.evaluations, "error": record.error, "seconds": record.seconds,
                        **record.placement})
@@ -250,9 +254,9 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
     if finished:
         winner = min(finished, key=lambda r: r.best_value)
         trial_out = trial_folder(settings.folder, winner.trial_id)
-        best = {"trial_id": winner.trial_id, "value": winner.best_value, "fid": winner.best_fid,
+        best = {"trial_id": winner.trial_id, "value": winner.best_value, "fid": winner.best.get("fid"),
                 "kid": winner.best.get("kid"), "step": winner.best["step"], "run_id": winner.run_id,
-                "params": winner.params, "config": winner.config or to_dict(spec.trial_config(winner.params)),
+                "params": winner.params, "config": to_dict(winner.config),
                 "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(settings.tracking_uri),
             "parent_run_id": bridge.parent_id, "metric": bridge.metric, "fid_calibrated": calibrated,
@@ -268,8 +272,9 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
     keys = [k for k in KEY_PARAMS if any(k in t["params"] for t in summary["trials"])]
     rows = [("trial", "state", "steps", "FID", "KID", *[k.split(".")[-1] for k in keys])]
     for t in summary["trials"]:
-        fid = "-" if t["best_fid"] is None else f"{t['best_fid']:.2f}"
-        kid = "-" if t["best_kid"] is None else f"{t['best_kid']:.4f}"
+        best = t["best"] or {}
+        fid = "-" if best.get("fid") is None else f"{best['fid']:.2f}"
+        kid = "-" if best.get("kid") is None else f"{best['kid']:.4f}"
         rows.append((t["trial_id"], t["state"], str(t["steps"]), fid, kid,
                      *[_cell(t["params"].get(k, "")) for k in keys]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -293,4 +298,6 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
     print(f"\ncost: {cost['trial_hours']:.3g} trial-hours, {cost['gpu_hours']:.3g} GPU-hours, {cost['cpu_hours']:.3g} "
           f"CPU-hours; {cost['wall_hours']:.3g} h wall time")
     print(f"\nsummary: {summary_uri}")
-    print(f"MLflow: {ui_command(tracking_uri)}  (experiment fpa-{summary['dataset']}, run {summary['name']})")
+    command = ui_command(tracking_uri)
+    print(f"MLflow: {command + ', then ' if command else ''}open {summary['mlflow_url']}  (experiment "
+          f"fpa-{summary['dataset']}, parent run {summary['name']})")

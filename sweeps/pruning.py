@@ -25,19 +25,24 @@ def make_pruner(name: str, warmup: int, fid_every: int, max_steps: int,
     pruner = _pruner(name, warmup, fid_every, max_steps)
     if patience is None or name == "none":
         return pruner
-    return _Patient(pruner, patience=patience)
+    return PatientPruner(pruner, patience)
 
 
-class _Patient(optuna.pruners.PatientPruner):
-    """Optuna's PatientPruner for best-so-far values: the wrapped pruner decides only once the trial's last
-    ``patience`` evaluations brought no new best. (PatientPruner itself waits for the recent values to be
-    worse than the earlier ones, which a best so far never is.)"""
+class PatientPruner(optuna.pruners.BasePruner):
+    """Patience for best-so-far values: ``wrapped`` decides only once the trial's last ``patience`` evaluations
+    brought no new best. (Optuna's PatientPruner waits for the recent values to be worse than the earlier ones,
+    which a best so far never is.)"""
+
+    def __init__(self, wrapped: optuna.pruners.BasePruner, patience: int):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience: expected an integer >= 1, got {patience!r}")
+        self.wrapped, self.patience = wrapped, patience
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         values = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
-        if len(values) <= self._patience or values[-1] < values[-1 - self._patience]:
+        if len(values) <= self.patience or values[-1] < values[-1 - self.patience]:
             return False
-        return self._wrapped_pruner.prune(study, trial)
+        return self.wrapped.prune(study, trial)
 
 
 def _pruner(name: str, warmup: int, fid_every: int, max_steps: int) -> optuna.pruners.BasePruner:

@@ -20,8 +20,8 @@ from ray.tune.search import Searcher
 
 from fpa_core import storage
 from fpa_core.config import to_dict
-from fpa_core.train_config import TrainConfig, build_config
-from fpa_core.trainer import prepare_real_features as _prepare_features
+from fpa_core.train.config import TrainConfig, build_config
+from fpa_core.train.trainer import prepare_real_features as _prepare_features
 from sweeps.sweep import SweepSettings
 from sweeps.trainable import run_trial, trial_resources
 from sweeps.trials import TrialBook
@@ -55,8 +55,8 @@ class BridgeSearcher(_Bound, Searcher):
         self.bridge = bridge
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = self.bridge.new_trial(trial_id)
-        return Searcher.FINISHED if config is None else config
+        task = self.bridge.new_trial(trial_id)
+        return Searcher.FINISHED if task is None else task.to_ray()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.bridge.complete(trial_id, result, error)

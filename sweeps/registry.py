@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint
-from fpa_core.evaluate import evaluate_checkpoint
-from fpa_core.evaluations import SCORES
+from fpa_core.metrics.protocol import evaluate_checkpoint
+from fpa_core.metrics import SCORES
 from sweeps.sweep import redact, resolve_tracking_uri
 from sweeps.tracking import _slug
 
@@ -158,7 +158,7 @@ def download_model(uri: str, tracking_uri: str | None = None) -> str:
             version = client.get_model_version(name, number)
     except (MlflowException, ValueError) as e:
         raise ValueError(f"{uri}: no such registered model version in {redact(client.tracking_uri)} ({e}); "
-                         "promote one with python sweeps/promote.py --sweep NAME") from None
+                         "promote one with fpa-promote --sweep NAME") from None
     folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
     return str(Path(folder, "generator.pt"))
 

@@ -21,14 +21,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fpa_core.config import to_dict
-from fpa_core.train_config import TrainConfig
+from fpa_core.config import flatten
+from fpa_core.train.config import TrainConfig
 from sweeps.pruning import explain, make_pruner
-from sweeps.space import SweepSpec, flatten
-from sweeps.study_overview import DRIVER, DRIVER_SECONDS, RESOURCES, SWEEP_STATES
-from sweeps.sweep import SweepSettings, redact
+from sweeps.space import SweepSpec
+from sweeps.overview import DRIVER, DRIVER_SECONDS, RESOURCES, SWEEP_STATES
+from sweeps.sweep import SweepError, SweepSettings, redact
 from sweeps.tracking import SweepTracker
-from sweeps.trials import TrialBook, TrialRecord, hours_spent, trial_name
+from sweeps.trials import TrialBook, TrialRecord, TrialTask, trial_name, usage
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,19 @@ def keep_record_digest(study: optuna.Study, digest: str) -> None:
 
 def check_record(settings: SweepSettings, digest: str) -> None:
     """Before a sweep resumes: its study is in the Optuna store, and its sweep.json (in the storage, which
-    need not be trusted) is the one the sweep was started with. A ValueError says what is wrong."""
+    need not be trusted) is the one the sweep was started with. A SweepError says what is wrong."""
     store = open_store(settings)
     try:
         study = optuna.load_study(study_name=settings.name, storage=store)
     except KeyError:
-        raise ValueError(f"sweep {settings.name} has no Optuna study in {redact(settings.optuna_storage)}; pass "
+        raise SweepError(f"sweep {settings.name} has no Optuna study in {redact(settings.optuna_storage)}; pass "
                          "the --optuna-storage it ran with") from None
     recorded = study.user_attrs.get(RECORD_DIGEST)
     if recorded is None:  # a sweep started before its study kept the digest: trusted once, kept from now on
         log.warning("sweep %s's study holds no digest of its sweep.json; keeping this one's", settings.name)
         keep_record_digest(study, digest)
     elif recorded != digest:
-        raise ValueError(
+        raise SweepError(
             f"{settings.folder}/sweep.json is not the one sweep {settings.name} was started with (its Optuna study "
             f"keeps SHA-256 {recorded[:12]}..., the file has {digest[:12]}...): something changed it in the "
             "storage. Not resumed; restore the file, or start a new sweep")
@@ -86,7 +86,7 @@ def check_record(settings: SweepSettings, digest: str) -> None:
 
 @contextlib.contextmanager
 def driving(study: optuna.Study, resources: dict[str, float]):
-    """While the block runs, the study names this process as the sweep's driver (``sweeps/status.py`` tells
+    """While the block runs, the study names this process as the sweep's driver (``fpa-status`` tells
     running from interrupted by it); afterwards it adds the block's wall time to the sweep's."""
     started = time.monotonic()
     study.set_user_attr(RESOURCES, resources)
@@ -120,26 +120,24 @@ class OptunaBridge(TrialBook):
     continues one in the same folder and MLflow run."""
 
     def __init__(self, spec: SweepSpec, study: optuna.Study, store: optuna.storages.BaseStorage,
-                 tracker: SweepTracker, parent_id: str, sweep: str, trial_context: dict[str, Any],
-                 config: TrainConfig, budget_hours: float | None = None):
+                 tracker: SweepTracker, parent_id: str, settings: SweepSettings, resources: dict[str, float],
+                 config: TrainConfig):
         """``store``: the study's storage; ``config``: the spec's trial config without sampled parameters;
-        ``budget_hours``: no new trial starts once the trials have used this many GPU-hours (CPU-hours where
-        they take no GPU)."""
+        ``resources``: what each trial takes. No new trial starts once the trials have used the settings'
+        budget of GPU-hours (or CPU-hours)."""
         self.spec, self.study, self.store = spec, study, store
-        self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
-        self.trial_context = trial_context  # what every trial needs besides its config (tracking, storage)
+        self.tracker, self.parent_id, self.sweep = tracker, parent_id, settings.name
+        self.settings, self.resources = settings, resources
         self.records: dict[str, TrialRecord] = {}
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
         self.reports = 0
         self.metric = config.fid.metric  # what the study minimises
         self.max_steps = config.steps  # the last evaluation is never pruned
-        self.budget_hours = budget_hours
-        self.resources = {"cpu": trial_context.get("cpus", 1), "gpu": trial_context.get("gpus", 0)}
 
     # -- the searcher's side ------------------------------------------------------------------------------
 
-    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
+    def new_trial(self, ray_trial_id: str) -> TrialTask | None:
         record = self._record(ray_trial_id)
         if record is None:
             record = self._orphan()
@@ -147,17 +145,18 @@ class OptunaBridge(TrialBook):
                 return None  # no new trial; the running ones finish
             record = record or self._ask()
             record.ray_trial_id = ray_trial_id
-        return self._trial_config(record)
+        return self.task(record)
 
     def _budget_spent(self) -> bool:
-        if self.budget_hours is None:
-            return False
-        spent = hours_spent(list(self.records.values()), self.resources)
-        if spent < self.budget_hours:
-            return False
-        log.warning("the sweep's budget of %.3g %s-hours is spent (%.3g): no new trial starts", self.budget_hours,
-                    "GPU" if self.resources.get("gpu") else "CPU", spent)
-        return True
+        """Whether the trials have used the sweep's budget: GPU-hours (--budget-gpu-hours) or CPU-hours
+        (--budget-cpu-hours), each counted in its own unit."""
+        spent = usage(list(self.records.values()), self.resources)
+        for unit, budget in (("GPU", self.settings.budget_gpu_hours), ("CPU", self.settings.budget_cpu_hours)):
+            if budget is not None and spent[f"{unit.lower()}_hours"] >= budget:
+                log.warning("the sweep's budget of %.3g %s-hours is spent (%.3g): no new trial starts", budget,
+                            unit, spent[f"{unit.lower()}_hours"])
+                return True
+        return False
 
     def _ask(self) -> TrialRecord:
         # Each write makes the trial recoverable should the driver die right after it: the study keeps
@@ -167,15 +166,15 @@ class OptunaBridge(TrialBook):
         name = trial_name(trial.number)
         trial.set_user_attr("fpa.trial", name)
         trial.set_user_attr("fpa.params", params)
-        config = to_dict(self.spec.trial_config(params))  # built once: it travels with the record
-        record = TrialRecord(name, trial.number, self._child_run(name, config, trial.number), params, self.metric,
-                             config=config)
+        config = self.spec.trial_config(params)  # built once: it travels with the record
+        record = TrialRecord(name, trial.number, self._child_run(name, config, trial.number), params, config,
+                             self.metric)
         trial.set_user_attr("mlflow_run_id", record.run_id)
         self.records[name], self._live[name] = record, trial
         log.info("%s (Optuna #%d): %s", name, trial.number, params)
         return record
 
-    def _child_run(self, name: str, config: dict[str, Any], number: int) -> str:
+    def _child_run(self, name: str, config: TrainConfig, number: int) -> str:
         return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(config),
                                       tags={"fpa.optuna_trial": str(number)})
 
@@ -187,12 +186,6 @@ class OptunaBridge(TrialBook):
         record = min(orphans, key=lambda r: r.number)
         log.info("%s continues where the previous driver left it", record.trial_id)
         return record
-
-    def _trial_config(self, record: TrialRecord) -> dict[str, Any]:
-        """What the Ray trial runs: its config and context, and the last step whose evaluation the study has
-        (a continued trial reports only the evaluations after it)."""
-        return {"train": record.config, "run_id": record.run_id, "trial_id": record.trial_id,
-                "reported_step": max((e["step"] for e in record.evaluations), default=0), **self.trial_context}
 
     def _finish(self, record: TrialRecord, state: str, tags: dict[str, Any] | None = None) -> None:
         """End a trial: MLflow first, the study last. The study is what a resumed sweep trusts, so a driver
@@ -270,9 +263,9 @@ class OptunaBridge(TrialBook):
                     self.study.tell(frozen.number, state=TrialState.FAIL)
                 continue
             name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
-            config = to_dict(self.spec.trial_config(params))
+            config = self.spec.trial_config(params)
             run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
-            record = TrialRecord(name, frozen.number, run_id, params, self.metric, config=config,
+            record = TrialRecord(name, frozen.number, run_id, params, config, self.metric,
                                  placement=dict(attrs.get("fpa.placement", {})), error=attrs.get("fpa.error"),
                                  seconds=float(attrs.get("fpa.seconds", 0.0)))
             # Every score of each evaluation (the study's own values hold only the metric's)

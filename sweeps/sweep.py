@@ -41,7 +41,8 @@ class SweepSettings:
     pruner: str = "median"
     warmup: int = 1
     patience: int | None = None  # prune only after this many evaluations without a new best
-    budget_gpu_hours: float | None = None  # no new trial once the trials used this much (CPU-hours without GPUs)
+    budget_gpu_hours: float | None = None  # no new trial once the trials used this many GPU-hours
+    budget_cpu_hours: float | None = None  # ... or this many CPU-hours
     seed: int = 0
     address: str | None = None
     profile: str | None = None
@@ -58,7 +59,15 @@ class SweepSettings:
         return {**asdict(self), "optuna_storage": redact(self.optuna_storage), "tracking_uri": redact(self.tracking_uri)}
 
 
-class SweepNotFound(ValueError):
+class SweepError(ValueError):
+    """A sweep that cannot run as asked: ``problems`` names each problem and its fix. Nothing was started."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SweepNotFound(SweepError):
     """A command named a sweep that the storage does not hold."""
 
 
@@ -68,7 +77,7 @@ class SweepInterrupted(RuntimeError):
 
     def __init__(self, name: str, resumable: bool = True):
         hint = (f"continue it with: python sweeps/launch.py --resume {name} (and the same --storage)" if resumable
-                else "its trials' checkpoints are kept; run sweeps/continue_best.py again under a new --name")
+                else "its trials' checkpoints are kept; run fpa-continue again under a new --name")
         super().__init__(f"{name} was interrupted; its study and its trials' checkpoints are kept; {hint}")
         self.name = name
 

@@ -40,10 +40,20 @@ def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
-def ui_command(tracking_uri: str) -> str:
-    if is_local_store(tracking_uri):
-        return f"mlflow ui --backend-store-uri {tracking_uri}"
-    return f"open {redact(tracking_uri)} in a browser"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves a local store's UI; None for a server, whose UI is its own URL."""
+    return f"mlflow ui --backend-store-uri {tracking_uri}" if is_local_store(tracking_uri) else None
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI, on its training runs. MLflow 3's UI opens every experiment in its
+    GenAI mode ("Overview: Traces 0") whatever the experiment's kind tag says, once a user's global toggle says
+    so; the URL's workflowType wins over both."""
+    base = LOCAL_UI if is_local_store(tracking_uri) else redact(tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def _store_folder(tracking_uri: str) -> Path:

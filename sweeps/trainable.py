@@ -20,27 +20,28 @@ from ray import tune
 
 from fpa_core import checkpoint, storage
 from fpa_core.config import ConfigError
-from fpa_core.evaluations import SCORES, best_evaluation
-from fpa_core.train_config import build_config
-from fpa_core.trainer import Evaluation, NonFiniteLossError, Trainer
-from sweeps.sweep import trial_folder
+from fpa_core.metrics import SCORES, best_evaluation
+from fpa_core.train.errors import CannotTrainError, NonFiniteLossError
+from fpa_core.train.trainer import Evaluation, Trainer
 from sweeps.tracking import TrialLogger
+from sweeps.trials import FAILED, TrialTask
 
 log = logging.getLogger(__name__)
 
 POINTER = "fpa_checkpoint.json"
-FAILED = "fpa_failed"  # a reported result's key: the trial failed for good, with this reason
-# Failures that a retry would repeat: a loss that diverged, a config the model cannot take.
-DETERMINISTIC = (NonFiniteLossError, ConfigError)
+# Failures that a retry would repeat: a loss that diverged, a config the model cannot take, a run that cannot
+# start as configured (too few images, a dataset that changed, no bfloat16 or no CUDA here).
+DETERMINISTIC = (NonFiniteLossError, ConfigError, CannotTrainError)
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    torch.set_num_threads(max(1, int(config["threads"])))
-    out = trial_folder(config["out_root"], config["trial_id"])
-    logger = TrialLogger(config["tracking_uri"], config["run_id"])
+    """Ray Tune's function trainable: ``config`` is a ``TrialTask.to_ray()``."""
+    task = TrialTask.from_ray(config)
+    torch.set_num_threads(task.threads)
+    logger = TrialLogger(task.tracking_uri, task.run_id)
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}
-    capped = _cap_gpu_memory(float(config.get("gpus", 0)))
+    capped = _cap_gpu_memory(task.gpus)
     if capped is not None:
         placement["gpu_memory_fraction"] = capped
 
@@ -67,9 +68,9 @@ def run_trial(config: dict[str, Any]) -> None:
         report(ev.step, metrics, ev.calibrated, ev.checkpoint, ev.best_checkpoint, ev.picture_bytes)
 
     try:
-        trainer, reported_step = _trainer(config, out, on_evaluation)
+        trainer, reported_step = _trainer(task, on_evaluation)
     except DETERMINISTIC as e:  # a config the trainer cannot take fails the same way on every retry
-        return _fail(config, logger, e, 0, placement)
+        return _fail(task, logger, e, 0, placement)
     metric = trainer.cfg.fid.metric
 
     def stored(i: int) -> tuple[int, dict[str, float]]:  # the trainer's i-th evaluation as Tune metrics
@@ -78,21 +79,21 @@ def run_trial(config: dict[str, Any]) -> None:
 
     # A process that died between writing an evaluation's checkpoint and reporting it: report it now, so
     # that Tune, Optuna and MLflow see every evaluation the trial made.
-    best_uri = storage.join(out, "checkpoints", "best.pt")
+    best_uri = trainer.folder.best_checkpoint
     for i, evaluation in enumerate(trainer.evaluations):
         if evaluation["step"] > reported_step:
             log.info("trial %s reports step %d's evaluation, written but not reported before the restart",
-                     config["trial_id"], evaluation["step"])
+                     task.trial_id, evaluation["step"])
             report(*stored(i), trainer.evaluator.calibrated, trainer.last_checkpoint, best_uri, {})
     try:
         summary = trainer.train()
     except DETERMINISTIC as e:  # a loss that diverged diverges again from the same checkpoint
-        return _fail(config, logger, e, trainer.step, placement)
+        return _fail(task, logger, e, trainer.step, placement)
     if not told_tune and trainer.evaluations:
         # A trial that had trained and reported all the way before its driver died: nothing was left to do,
         # but Tune checks that every trial's last result has the metric. Its last evaluation again (the
         # study and MLflow have it already, and keep it once).
-        log.info("trial %s had finished: reporting its last evaluation again", config["trial_id"])
+        log.info("trial %s had finished: reporting its last evaluation again", task.trial_id)
         tell_tune(*stored(len(trainer.evaluations) - 1), trainer.evaluator.calibrated, trainer.last_checkpoint)
     logger.log_summary(summary)
 
@@ -109,34 +110,33 @@ def _cap_gpu_memory(fraction: float) -> float | None:
     return fraction
 
 
-def _fail(config: dict[str, Any], logger: TrialLogger, error: Exception, step: int,
-          placement: dict[str, Any]) -> None:
+def _fail(task: TrialTask, logger: TrialLogger, error: Exception, step: int, placement: dict[str, Any]) -> None:
     """End the trial for good, without Ray's retries: the reason in its MLflow run, and a last result that
     says so (``FAILED``), which the sweep's trial book records as ERROR with the reason."""
     reason = f"{type(error).__name__}: {error}"
-    log.error("trial %s failed for good at step %d: %s", config["trial_id"], step, reason)
+    log.error("trial %s failed for good at step %d: %s", task.trial_id, step, reason)
     logger.log_failure(reason)
-    metric = config["train"].get("fid", {}).get("metric", "fid")  # Ray Tune wants the metric in every result
+    metric = task.config.fid.metric  # Ray Tune wants the metric in every result
     tune.report({FAILED: reason, "step": step, metric: float("nan"), **placement})
 
 
-def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, int]:
+def _trainer(task: TrialTask, on_evaluation) -> tuple[Trainer, int]:
     """A restarted trial (by Ray after a failure, or by a resumed sweep) continues from the newest checkpoint
     it has: the one it last reported to Tune, or a later periodic one in its folder (every checkpoint resumes
     exactly). A new trial starts. Also returns the step up to which the trial's FIDs have been reported (to
     the sweep's study, or in the run it continues)."""
-    overrides = {"steps": config["train"]["steps"]}
+    out, init_from = task.out, task.init_from
+    overrides = {"steps": task.config.steps}
     found = checkpoint.latest_checkpoints(storage.join(out, "checkpoints"))  # [(step, uri)], oldest first
-    reported_step = int(config.get("reported_step", 0))
+    reported_step = task.reported_step
     reported = tune.get_checkpoint()
     if reported is not None:
         with reported.as_directory() as folder:
             pointer = json.loads(Path(folder, POINTER).read_text())
         found.append((pointer["step"], pointer["checkpoint"]))
         reported_step = max(reported_step, pointer["step"])
-    init_from = config.get("init_from")  # a continuation: from another run's checkpoint
-    if not found and init_from:
-        log.info("trial %s starts from %s", config["trial_id"], init_from)
+    if not found and init_from:  # a continuation: from another run's checkpoint
+        log.info("trial %s starts from %s", task.trial_id, init_from)
         trainer = Trainer.from_checkpoint(init_from, out, overrides, on_evaluation=on_evaluation)
         # Its best so far is the continued run's, until an evaluation here beats it: start from that file.
         origin_best = storage.join(init_from.rsplit("/", 1)[0], "best.pt")
@@ -144,11 +144,11 @@ def _trainer(config: dict[str, Any], out: str, on_evaluation) -> tuple[Trainer, 
             storage.copy(origin_best, storage.join(out, "checkpoints", "best.pt"))
         return trainer, trainer.step
     if not found:
-        return Trainer(build_config(config["train"]), out, on_evaluation=on_evaluation), 0
+        return Trainer(task.config, out, on_evaluation=on_evaluation), 0
     if init_from and reported is None:  # the FIDs up to the continued checkpoint are the original run's
         reported_step = checkpoint.load(init_from)["step"]
     trainer = Trainer.from_newest([uri for _, uri in sorted(found)], out, overrides, on_evaluation=on_evaluation)
-    log.info("trial %s continues from step %d", config["trial_id"], trainer.step)
+    log.info("trial %s continues from step %d", task.trial_id, trainer.step)
     return trainer, reported_step
 
 

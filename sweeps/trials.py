@@ -1,9 +1,11 @@
-"""A sweep's trials as records: names, parameters, evaluations, states and the best value so far.
+"""A sweep's trials: what each one runs (``TrialTask``), and their records (names, parameters, evaluations,
+states and the best value so far).
 
 Nothing here talks to Ray, Optuna or MLflow. A ``TrialBook`` keeps the records of one run of the sweep's
-trials and tells its ``tracker`` (``sweeps.tracking.SweepTracker``) when a trial ends and when the sweep
-has a new best; ``sweeps.study.OptunaBridge`` adds the Optuna study, ``FixedTrials`` runs trials planned in
-advance. Ray Tune sees either through ``sweeps.ray_tune``.
+trials, builds each trial's task (``TrialBook.task``, the one place a task is made) and tells its ``tracker``
+(``sweeps.tracking.SweepTracker``) when a trial ends and when the sweep has a new best;
+``sweeps.study.OptunaBridge`` adds the Optuna study, ``FixedTrials`` runs trials planned in advance. Ray Tune
+sees either through ``sweeps.ray_tune``, and carries each task to its trial (``sweeps.trainable``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,42 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fpa_core.evaluations import SCORES, best_evaluation
+from fpa_core.metrics import SCORES, best_evaluation
+from fpa_core.train.config import TrainConfig
+from sweeps.sweep import SweepSettings, trial_folder
 
 log = logging.getLogger(__name__)
+
+FAILED = "fpa_failed"  # a reported result's key: the trial failed for good, with this reason (no retry)
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """What one trial runs and everything it needs. ``TrialBook.task`` builds it; it becomes a dict only at the
+    Ray boundary (``to_ray``, and ``from_ray`` in the trial's process)."""
+
+    trial_id: str  # trial_<Optuna number>: its folder in the sweep's, its MLflow run's name
+    run_id: str  # its MLflow child run
+    config: TrainConfig
+    sweep_folder: str  # the trial writes its run folder under it (``out``)
+    tracking_uri: str  # MLflow, without credentials: the trial's environment holds them
+    threads: int  # torch's threads: the whole CPUs the trial takes
+    gpus: float = 0.0  # its GPUs; a fraction (four trials to a GPU) caps its share of the GPU's memory
+    reported_step: int = 0  # the sweep has the evaluations up to this step: a continued trial reports later ones
+    init_from: str | None = None  # a continuation: the other run's checkpoint it starts from
+
+    @property
+    def out(self) -> str:
+        """The trial's run folder."""
+        return trial_folder(self.sweep_folder, self.trial_id)
+
+    def to_ray(self) -> dict[str, Any]:
+        """Ray Tune's config of the trial: its name (Tune names the trial's folder after it) and the task."""
+        return {"trial_id": self.trial_id, "task": self}
+
+    @staticmethod
+    def from_ray(config: dict[str, Any]) -> TrialTask:
+        return config["task"]
 
 
 class TrialListener(Protocol):
@@ -31,8 +66,9 @@ class TrialRecord:
     number: int  # the Optuna trial
     run_id: str  # the MLflow child run
     params: dict[str, Any]  # the sampled parameters (dotted paths)
+    config: TrainConfig  # built once, from the spec and the parameters
     metric: str = "fid"  # what the sweep minimises: fid or kid
-    config: dict[str, Any] = field(default_factory=dict)  # its TrainConfig as a mapping, built once, when asked for
+    init_from: str | None = None  # a continuation: the other run's checkpoint it starts from
     evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid", "kid", ...}, by step
     state: str = "RUNNING"  # RUNNING, COMPLETE, PRUNED, ERROR
     steps: int = 0
@@ -80,12 +116,6 @@ def usage(records: list[TrialRecord], resources: dict[str, float]) -> dict[str, 
             "cpu_hours": seconds * resources.get("cpu", 1) / 3600}
 
 
-def hours_spent(records: list[TrialRecord], resources: dict[str, float]) -> float:
-    """What a sweep's --budget-gpu-hours counts: GPU-hours where trials take GPUs, else CPU-hours."""
-    spent = usage(records, resources)
-    return spent["gpu_hours"] if resources.get("gpu") else spent["cpu_hours"]
-
-
 def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
 
@@ -97,13 +127,23 @@ class TrialBook:
     sweep: str | None  # the sweep's name; None for trials that are never resumed
     tracker: TrialListener
     parent_id: str  # the sweep's MLflow run
+    settings: SweepSettings  # where trials write, what each takes
+    resources: dict[str, float]  # what each trial takes: {"cpu": 1, "gpu": 0.25}
     records: dict[str, TrialRecord]
     best: tuple[float, str] | None  # (value of the metric, trial) of the best evaluation so far
     reports: int  # evaluations seen: the step of the parent run's best-so-far curve, which only ever falls
 
-    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
-        """What the Ray trial ``ray_trial_id`` runs (its config and context); None when every trial has run."""
+    def new_trial(self, ray_trial_id: str) -> TrialTask | None:
+        """What the Ray trial ``ray_trial_id`` runs; None when every trial has run."""
         raise NotImplementedError
+
+    def task(self, record: TrialRecord) -> TrialTask:
+        """The trial's task: its config, its runs, and the last step whose evaluation the sweep has."""
+        return TrialTask(trial_id=record.trial_id, run_id=record.run_id, config=record.config,
+                         sweep_folder=self.settings.folder, tracking_uri=self.settings.tracking_uri,
+                         threads=max(1, int(self.resources.get("cpu", 1))), gpus=self.resources.get("gpu", 0.0),
+                         reported_step=max((e["step"] for e in record.evaluations), default=0),
+                         init_from=record.init_from)
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
         """Take a result a trial reported; True when the trial stops now."""
@@ -129,9 +169,9 @@ class TrialBook:
         return any(r.state == "RUNNING" and r.ray_trial_id is not None for r in self.records.values())
 
     def failed(self, record: TrialRecord, result: dict[str, Any]) -> bool:
-        """A result that says the trial failed for good (``sweeps.trainable.FAILED``): it ends as ERROR with
-        the reason, which MLflow, the study and summary.json keep; Ray does not retry it."""
-        reason = result.get("fpa_failed")
+        """A result that says the trial failed for good (``FAILED``): it ends as ERROR with the reason, which
+        MLflow, the study and summary.json keep; Ray does not retry it."""
+        reason = result.get(FAILED)
         if reason is None:
             return False
         record.error = str(reason)
@@ -170,25 +210,24 @@ class TrialBook:
 
 class FixedTrials(TrialBook):
     """The bridge's interface for trials planned in advance, e.g. the continuations of a finished sweep's best
-    trials (``sweeps/continue_best.py``): each Ray trial takes the next plan; nothing is sampled or pruned."""
+    trials (``fpa-continue``): each Ray trial takes the next record; nothing is sampled or pruned."""
 
-    def __init__(self, plans: list[tuple[TrialRecord, dict[str, Any]]], tracker: TrialListener, parent_id: str,
-                 metric: str):
-        self.metric = metric
-        self.records = {record.trial_id: record for record, _ in plans}
-        self.configs = {record.trial_id: config for record, config in plans}
+    def __init__(self, records: list[TrialRecord], tracker: TrialListener, parent_id: str, metric: str,
+                 settings: SweepSettings, resources: dict[str, float]):
+        self.metric, self.settings, self.resources = metric, settings, resources
+        self.records = {record.trial_id: record for record in records}
         self.tracker, self.parent_id = tracker, parent_id
         self.sweep = None  # continuations are not resumed: they run again under a new name
         self.best: tuple[float, str] | None = None
         self.reports = 0
 
-    def new_trial(self, ray_trial_id: str) -> dict[str, Any] | None:
+    def new_trial(self, ray_trial_id: str) -> TrialTask | None:
         record = self._record(ray_trial_id) or next((r for r in self.records.values() if r.ray_trial_id is None),
                                                     None)
         if record is None:
             return None  # every plan has run
         record.ray_trial_id = ray_trial_id
-        return self.configs[record.trial_id]
+        return self.task(record)
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
         record = self._record(ray_trial_id)

@@ -29,7 +29,7 @@ DEFAULT_PORTS = {"postgres": {"5432"}, "ray-worker": {"52365"}}
 # A Ray head's environment names the stores; the sweep commands take them as the defaults of --storage,
 # --tracking-uri and --optuna-storage.
 STORE_VARIABLES = ("FPA_STORAGE", "MLFLOW_TRACKING_URI", "FPA_OPTUNA_STORAGE")
-HEAD_PREFIX = "docker compose exec ray-head python "
+HEAD_PREFIX = "docker compose exec ray-head "
 
 
 # -- compose's variable substitution, to read the file as compose would --
@@ -102,12 +102,13 @@ def referenced_variables(text: str) -> set[str]:
 
 
 def head_commands() -> list[list[str]]:
-    """The commands README.md and deploy/README.md run on the compose stack's head (the same in both), each
-    as the arguments of `python`."""
+    """The commands README.md and deploy/README.md run on the compose stack's head (the same in both): a
+    script's path (`python` dropped) or a console script, then its arguments."""
     found = {readme: sorted(ln.strip() for ln in (REPO / readme).read_text().splitlines()
                             if ln.strip().startswith(HEAD_PREFIX)) for readme in ("README.md", "deploy/README.md")}
     assert found["README.md"] == found["deploy/README.md"], found
-    return [shlex.split(line[len(HEAD_PREFIX):]) for line in found["README.md"]]
+    commands = [shlex.split(line[len(HEAD_PREFIX):]) for line in found["README.md"]]
+    return [c[1:] if c[0] == "python" else c for c in commands]
 
 
 def head_command(script: str, *having: str) -> list[str]:
@@ -124,7 +125,7 @@ def the_sweep_command() -> list[str]:
 def launch_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
     """launch.py's arguments as a process with the environment `env` (a Ray head's) makes them out: the three
     stores resolved as sweeps.sweep resolves a new sweep's."""
-    from sweeps.launch import build_parser
+    from sweeps.cli.launch import build_parser
     from sweeps.sweep import resolve_storage, resolve_tracking_uri
 
     saved = {name: os.environ.pop(name, None) for name in STORE_VARIABLES}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import shutil
@@ -17,6 +18,46 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+
+
+# What a test starts, by the fixtures it uses: ``make test-fast`` runs the tests that start none of these. A test
+# that starts one another way carries the marker itself; the guards below fail a test that starts one unmarked.
+STARTS = {"ray": {"local_ray", "fresh_ray", "ray_head"},
+          "server": {"s3_endpoint", "s3_bucket", "mlflow_server", "postgres_databases"},
+          "process": set()}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker, fixtures in STARTS.items():
+            if fixtures & set(getattr(item, "fixturenames", ())):
+                item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_started_unmarked(request, monkeypatch):
+    """A test marked neither ``ray`` nor ``process`` (nor ``server``) that starts a Ray in this process, or a new
+    Python process (a command line, a server), fails naming the marker it lacks: the fast tier stays a unit
+    tier."""
+    marks = {m.name for m in request.node.iter_markers()}
+    if "ray" not in marks and importlib.util.find_spec("ray") is not None:
+        import ray
+
+        def refuse_ray(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a Ray cluster: mark it @pytest.mark.ray")
+
+        monkeypatch.setattr(ray, "init", refuse_ray)
+    if not marks & {"process", "server", "ray"}:
+        venv_bin = Path(sys.executable).parent
+
+        class Guarded(subprocess.Popen):
+            def __init__(self, args, *rest, **kwargs):
+                program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]))
+                if program.parent == venv_bin or program.name.startswith("python"):
+                    raise AssertionError(f"{request.node.nodeid} starts {program.name}: mark it @pytest.mark.process")
+                super().__init__(args, *rest, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", Guarded)
 
 
 def free_port() -> int:

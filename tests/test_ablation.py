@@ -15,8 +15,9 @@ from conftest import TINY_FIXED, child_runs, run_main, settings, tracking_db
 pytest.importorskip("ray")
 
 from sweeps.driver import run_sweep  # noqa: E402
-from sweeps.launch import main as launch_main  # noqa: E402
-from sweeps.space import SpaceError, load_sweep  # noqa: E402
+from sweeps.cli.launch import main as launch_main  # noqa: E402
+from fpa_core.config import ConfigError
+from sweeps.sweep_file import load_sweep
 
 GRID = {"model.rule": ["additive", "delta"], "model.steps": [2]}  # delta is the centre's: not a cell of its own
 
@@ -37,7 +38,7 @@ def test_the_cells_are_the_centre_then_one_axis_at_a_time(tmp_path, image_folder
     for bad, message in (({"pruner": "median"}, "pruner: 'median': an ablation runs every cell"),
                          ({"num_trials": 4}, "the grid runs 3 cells x 2 seeds = 6 trials"),
                          ({"space": {"optim.lr": [1e-3]}}, "space: an ablation (grid) samples nothing")):
-        with pytest.raises(SpaceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_sweep(grid_file(tmp_path, image_folder, **bad))
     result = run_main(launch_main, "--dataset", grid_file(tmp_path, image_folder), "--num-trials", "4",
                       "--pruner", "median")
@@ -80,11 +81,11 @@ def test_a_resumed_ablation_runs_only_the_cells_it_has_not_run(tmp_path, image_f
 
     def bridge():
         store = open_store(s)
-        return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s.name,
-                            {}, spec.trial_config({}))
+        return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s,
+                            {"cpu": 1}, spec.trial_config({}))
 
-    def cell(config):
-        return config["train"]["model"]["rule"], config["train"]["model"]["steps"], config["train"]["seed"]
+    def cell(task):
+        return task.config.model.rule, task.config.model.steps, task.config.seed
 
     first = bridge()
     before = [cell(first.new_trial(f"ray-{i}")) for i in range(3)]

@@ -24,7 +24,7 @@ from local_stack import Stack, connect, forget_cluster, http, wait_until
 
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folder, s3_endpoint, postgres_databases):
     import boto3
 
@@ -116,8 +116,8 @@ def test_the_compose_stack_runs_a_sweep_as_local_processes(tmp_path, image_folde
 
         # The README's promote command on the head, with its defaults: the sweep's summary from the bucket,
         # its best generator registered in MLflow, champion of a registry that had none, stored in the bucket.
-        promote = [name if a == "NAME" else a for a in head_command("sweeps/promote.py")]
-        promoted = subprocess.run([sys.executable, "sweeps/promote.py", *promote], env=head_env, capture_output=True,
+        promote = [name if a == "NAME" else a for a in head_command("fpa-promote")]
+        promoted = subprocess.run([str(Path(sys.executable).parent / "fpa-promote"), *promote], env=head_env, capture_output=True,
                                   text=True, cwd=REPO, timeout=300)
         assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-3000:]
         registered = json.loads(promoted.stdout.strip().splitlines()[-1])

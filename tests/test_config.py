@@ -3,7 +3,7 @@
 import pytest
 
 from fpa_core.config import ConfigError, from_dict, load_yaml, merge, parse_overrides
-from fpa_core.model import ModelConfig
+from fpa_core.model_config import ModelConfig
 
 
 def test_from_dict_builds_a_typed_config():

@@ -41,7 +41,8 @@ def test_generator_on_cuda_matches_cpu_and_runs_under_bf16():
 
 def test_under_bf16_autocast_on_cuda_the_lstm_the_update_net_and_the_rule_stay_float32():
     """precision bf16 on a GPU: cuDNN's LSTM would run in float16 under autocast; ours runs in float32."""
-    from fpa_core.discriminator import Discriminator, DiscriminatorConfig
+    from fpa_core.discriminator import Discriminator
+    from fpa_core.model_config import DiscriminatorConfig
 
     torch.manual_seed(0)
     G = FPAGenerator(ModelConfig(d_hidden=256, num_layers=1)).cuda()

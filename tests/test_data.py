@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from fpa_core import data
-from fpa_core.archives import UnsafeArchiveError, safe_extract
+from fpa_core.data.archives import UnsafeArchiveError, safe_extract
 from fpa_core.data import DatasetNotFoundError, load_images
-from fpa_core.dataset_tool import main, prepare
-from fpa_core.datasets import DATASETS
+from fpa_core.data.prepare import prepare
+from fpa_core.dataset_tool import main
+from fpa_core.data.catalog import DATASETS
 from fpa_core.images import to_tensor
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -337,6 +338,7 @@ def cli(*args, env_roots):
                           timeout=120, env=env)
 
 
+@pytest.mark.process
 def test_prepare_afhq_cat_takes_only_train_cat(tmp_path, roots):
     jpeg = encode(noise((24, 24)), "JPEG")
     zip_of(tmp_path / "afhq.zip", {"afhq/train/cat/flickr_cat_1.jpg": jpeg, "afhq/train/cat/pixabay_cat_2.jpg": jpeg,
@@ -352,14 +354,11 @@ def test_prepare_afhq_cat_takes_only_train_cat(tmp_path, roots):
     assert load_images("afhq-cat", 8).images.shape == (2, 8, 8, 3)
 
 
+@pytest.mark.process
 def test_cli_misuse_exits_2_with_one_message(tmp_path, roots):
     result = cli("prepare", "ffhq", "--src", str(tmp_path), env_roots=roots)
     assert result.returncode == 2 and "invalid choice: 'ffhq'" in result.stderr and result.stdout == ""
     assert result.stderr.count("error:") == 1
-    env = {**os.environ, "FPA_DATA_ROOT": str(roots[0]), "FPA_CACHE_DIR": str(roots[1].parent)}
-    old_name = subprocess.run([sys.executable, "-m", "fpa_core.data", "prepare", "ffhq", "--src", str(tmp_path)],
-                              capture_output=True, text=True, timeout=120, env=env)  # kept for one release
-    assert old_name.returncode == 2 and "invalid choice: 'ffhq'" in old_name.stderr
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -472,6 +471,7 @@ def test_to_tensor_gives_float_chw_in_minus_one_to_one(folder):
         to_tensor(np.zeros((4, 5, 3), np.uint8))
 
 
+@pytest.mark.process
 def test_importing_the_module_imports_neither_scikit_learn_nor_torch():
     code = "import sys, fpa_core.data; assert not {'sklearn', 'torch'} & set(sys.modules), sorted(sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

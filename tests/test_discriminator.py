@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fpa_core import ConfigError, FPAGenerator
-from fpa_core.discriminator import Blur, Discriminator, DiscriminatorConfig, DiscOutput, _quadrant
+from fpa_core.discriminator import Blur, Discriminator, DiscOutput, _quadrant
+from fpa_core.model_config import DiscriminatorConfig
 
 D64_PARAMS = 12_326_632  # the reference's main.py configuration at 64x64, 3 channels
 D32_PARAMS = 11_114_764

@@ -8,10 +8,10 @@ import pytest
 from conftest import run_main
 
 from fpa_core import checkpoint
-from fpa_core.evaluate import DatasetMismatch, evaluate_checkpoint
+from fpa_core.metrics.protocol import DatasetMismatch, evaluate_checkpoint
 from fpa_core.evaluate import main as evaluate_main
-from fpa_core.train_config import load_config
-from fpa_core.trainer import Trainer
+from fpa_core.train.config import load_config
+from fpa_core.train.trainer import Trainer
 
 TINY = {
     "model": {"d_latent": 8, "d_in": 2, "d_in_proj": 8, "d_hidden": 16, "num_layers": 1, "height": 16, "width": 16,
@@ -38,6 +38,7 @@ def evaluate(*args):
                           timeout=300)
 
 
+@pytest.mark.process
 def test_as_trained_it_reproduces_the_runs_best_scores(run):
     out, summary = run
     best = out / "checkpoints" / "best.pt"
@@ -52,6 +53,7 @@ def test_as_trained_it_reproduces_the_runs_best_scores(run):
     assert json.loads(result.stdout.strip().splitlines()[-1])["fid"] == pytest.approx(summary["best"]["fid"], rel=1e-9)
 
 
+@pytest.mark.process
 def test_other_settings_are_written_where_asked(run, tmp_path):
     out, _ = run
     result = evaluate("--checkpoint", str(out / "checkpoints" / "best.pt"), "--num-images", "12", "--dims", "64",

@@ -79,6 +79,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.process
 def test_a_full_disk_stops_the_run_with_one_message_and_it_resumes(small_disk, image_folder):
     out = small_disk / "run"
     run = _train(str(out), image_folder)
@@ -125,6 +126,8 @@ def _checkpoints_on(client, bucket: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
+@pytest.mark.server
+@pytest.mark.process
 def test_s3_that_stops_answering_ends_the_run_with_one_message_and_it_resumes(own_s3, image_folder):
     server, client, bucket, env = own_s3
     out = f"s3://{bucket}/run"
@@ -140,6 +143,8 @@ def test_s3_that_stops_answering_ends_the_run_with_one_message_and_it_resumes(ow
     _finished(_train(out, image_folder, env, resume=True), state["step"])
 
 
+@pytest.mark.server
+@pytest.mark.process
 def test_s3_that_dies_ends_the_run_with_one_message(own_s3, image_folder):
     server, client, bucket, env = own_s3
     run = _train(f"s3://{bucket}/run", image_folder, env)

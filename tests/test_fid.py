@@ -8,7 +8,7 @@ import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 from threadpoolctl import threadpool_limits
 
-from fpa_core.fid import FIDStats, Moments, frechet_distance
+from fpa_core.metrics.fid import FIDStats, Moments, frechet_distance
 
 
 def feature_stats(rng, n, d, shift=0.0, scale=1.0):

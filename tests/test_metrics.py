@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from fpa_core import images, metrics
-from fpa_core.kid import kernel_inception_distance
-from fpa_core.evaluations import best_evaluation
-from fpa_core.metrics import Evaluator, RealSet, Scores, cache_name, latent_sampler
-from fpa_core.precision_recall import precision_recall
+from fpa_core import images
+from fpa_core.metrics import evaluator as metrics
+from fpa_core.metrics.kid import kernel_inception_distance
+from fpa_core.metrics import best_evaluation
+from fpa_core.metrics.evaluator import Evaluator, RealSet, Scores, cache_name, latent_sampler
+from fpa_core.metrics.precision_recall import precision_recall
 
 
 def relu_features(rng, n, d, shift=0.0):
@@ -63,7 +64,7 @@ def test_kid_averages_subsets_drawn_without_replacement():
 
 def test_kid_is_unbiased_where_fid_is_not():
     """Pairs of 50-image samples of one distribution: their KIDs centre on 0, their FIDs are all well above it."""
-    from fpa_core.fid import frechet_distance
+    from fpa_core.metrics.fid import frechet_distance
 
     rng = np.random.default_rng(2)
     population = relu_features(rng, 4000, 16)
@@ -259,6 +260,7 @@ def test_the_latent_sampler_repeats_its_stream_and_leaves_the_global_rng_alone()
 # -- the real network on a collapsed generator ---------------------------------------------------------------
 
 
+@pytest.mark.inception
 def test_a_collapsed_generator_scores_worse_than_real_digits_and_has_no_recall(tmp_path, digits_16):
     """With the calibrated FID Inception (2048-d): 60 held-out digits against 120 real ones, then 60 copies of
     one blurred digit (what the packaged digits config painted before its recipe was fixed)."""

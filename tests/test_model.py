@@ -119,7 +119,7 @@ def test_afhq_wild_fits_both_of_table3s_counts_only_with_latent_to_init():
     afhq-wild's does only with latent_to_init on (6.44 + 12.33 = 18.8 -> 19, and 6.44 -> 6), not as printed
     (5.39 + 12.33 = 17.7 -> 18, and 5.39 -> 5)."""
     from fpa_core.discriminator import Discriminator
-    from fpa_core.train_config import load_config
+    from fpa_core.train.config import load_config
 
     with torch.device("meta"):
         d_count = sum(p.numel() for p in Discriminator(load_config("afhq-wild").discriminator, 64).parameters())

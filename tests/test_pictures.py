@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from conftest import run_main
 from PIL import Image
 
 from fpa_core import pictures
-from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.model import FPAGenerator
+from fpa_core.model_config import ModelConfig
 from fpa_core.paint import main as paint_main
 from fpa_core.pictures import GAP, LABEL
 
@@ -84,6 +86,7 @@ def test_render_draws_the_three_pictures_of_one_generator():
     assert Image.open(io.BytesIO(drawn["grid.png"])).size == (3 * CELL_W + GAP, LABEL + 3 * CELL_H + GAP)
 
 
+@pytest.mark.process
 def test_paint_cli_draws_from_a_checkpoint(tmp_path):
     from fpa_core import checkpoint
     from fpa_core.config import to_dict

@@ -20,10 +20,10 @@ from fpa_core.unet import RefinedGenerator
 pytest.importorskip("ray")
 
 from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
-from sweeps.launch import main as launch_main  # noqa: E402
-from sweeps.promote import main as promote_main  # noqa: E402
+from sweeps.cli.launch import main as launch_main  # noqa: E402
+from sweeps.cli.promote import main as promote_main  # noqa: E402
 from sweeps.registry import model_name, promote  # noqa: E402
-from sweeps.space import load_sweep  # noqa: E402
+from sweeps.sweep_file import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,6 @@ def run_promote(*args):
     return run_main(promote_main, *args)  # in this process: MLflow is imported once
 
 
-@pytest.mark.slow
 def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     sweep = sweep_file(tmp_path, "digits", {"model.d_hidden": [8, 16]})
     s = settings(tmp_path, num_trials=2)
@@ -56,7 +55,7 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     again = run_promote("--sweep", s.name, *flags)
     assert again.returncode == 0 and "nothing to promote" in again.stdout and "already holds" in again.stdout
 
-    worse = max(summary["trials"], key=lambda t: t["best_fid"])
+    worse = max(summary["trials"], key=lambda t: t["best"]["fid"])
     second = run_promote("--run", worse["run_id"], *flags)
     assert second.returncode == 0 and "champion unchanged" in second.stdout
     assert client.get_model_version_by_alias(name, "champion").version == 1
@@ -105,9 +104,10 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     assert client.get_model_version_by_alias(name, "champion").version == 2
 
 
+@pytest.mark.inception
 def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with_like(tmp_path, image_folder):
-    from fpa_core.train_config import load_config
-    from fpa_core.trainer import Trainer
+    from fpa_core.train.config import load_config
+    from fpa_core.train.trainer import Trainer
 
     tiny = {"model": {"d_latent": 8, "d_in": 2, "d_in_proj": 8, "d_hidden": 16, "num_layers": 1, "height": 16,
                       "width": 16, "steps": 4},
@@ -136,6 +136,7 @@ def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with
     assert float(other.tags["fpa.value"]) == float(other.tags["fpa.fid"]) > 0
 
 
+@pytest.mark.process
 def test_promote_and_resume_reject_bad_input(tmp_path):
     flags = ["--storage", str(tmp_path), "--tracking-uri", tracking_db(tmp_path, "m.db")]
     missing = run_promote("--sweep", "nope", *flags)
@@ -146,4 +147,4 @@ def test_promote_and_resume_reject_bad_input(tmp_path):
     bad_model = subprocess.run([sys.executable, "-m", "fpa_core.paint", "--model", "models:/fpa-nope@champion",
                                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "p")],
                                capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert bad_model.returncode == 2 and "sweeps/promote.py" in bad_model.stderr
+    assert bad_model.returncode == 2 and "fpa-promote" in bad_model.stderr

@@ -9,25 +9,28 @@ import optuna
 import pytest
 from conftest import settings, sweep_file, tracking_db
 
-from sweeps.pruning import explain, make_pruner
-from sweeps.space import load_sweep
+from sweeps.pruning import PatientPruner, explain, make_pruner
+from sweeps.sweep_file import load_sweep
 from sweeps.study import OptunaBridge, open_store, open_study
 from sweeps.tracking import SweepTracker
 
 
-def _bridge(tmp_path, image_folder, **kwargs):
+def _bridge(tmp_path, image_folder, resources=None, **kwargs):
     spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16, 32]}, steps=12))
     s = settings(tmp_path, num_trials=6, **kwargs)
     tracker = SweepTracker(tracking_db(tmp_path), spec.dataset)
     parent = tracker.start_parent(s.name, {}, {})
     store = open_store(s)
-    return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s.name,
-                        {"cpus": 1, "gpus": 0}, spec.trial_config({}),
-                        budget_hours=kwargs.get("budget_gpu_hours"))
+    return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s,
+                        resources or {"cpu": 1}, spec.trial_config({}))
 
 
 def test_the_pruners_and_their_wrappers():
-    assert isinstance(make_pruner("median", 1, 3, 12, patience=2), optuna.pruners.PatientPruner)  # for best so far
+    patient = make_pruner("median", 1, 3, 12, patience=2)  # patience for best-so-far values
+    assert isinstance(patient, PatientPruner) and patient.patience == 2
+    assert isinstance(patient.wrapped, optuna.pruners.MedianPruner)
+    with pytest.raises(ValueError, match="patience: expected an integer >= 1, got 0"):
+        PatientPruner(optuna.pruners.NopPruner(), 0)
     assert isinstance(make_pruner("wilcoxon", 1, 3, 12), optuna.pruners.WilcoxonPruner)
     assert isinstance(make_pruner("none", 1, 3, 12, patience=2), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="unknown pruner 'x'"):
@@ -68,11 +71,37 @@ def test_patience_waits_for_evaluations_without_a_new_best(tmp_path, image_folde
     assert bridge.report("c", {"step": 9, "fid": 70.0}) is True  # one evaluation without one
 
 
-def test_no_new_trial_starts_once_the_budget_is_spent(tmp_path, image_folder):
-    bridge = _bridge(tmp_path, image_folder, pruner="none", budget_gpu_hours=1.0)  # CPU-hours: no GPUs
+def test_no_new_trial_starts_once_the_cpu_budget_is_spent(tmp_path, image_folder):
+    bridge = _bridge(tmp_path, image_folder, pruner="none", budget_cpu_hours=1.0)
     assert bridge.new_trial("a") is not None
     bridge.report("a", {"step": 3, "fid": 5.0, "trial_seconds": 1800.0})
     assert bridge.new_trial("b") is not None  # half an hour of one CPU spent
     bridge.report("b", {"step": 3, "fid": 6.0, "trial_seconds": 1800.0})
     assert bridge.new_trial("c") is None  # an hour: no new trial
     assert bridge.report("b", {"step": 6, "fid": 5.5, "trial_seconds": 3600.0}) is False  # the running ones go on
+
+
+def test_a_gpu_budget_counts_gpu_hours_only(tmp_path, image_folder):
+    """Four trials to a GPU: two hours of trials are half a GPU-hour (and two CPU-hours, which do not count)."""
+    bridge = _bridge(tmp_path, image_folder, {"cpu": 1, "gpu": 0.25}, pruner="none", budget_gpu_hours=1.0)
+    for ray_id in "ab":
+        assert bridge.new_trial(ray_id) is not None
+        bridge.report(ray_id, {"step": 3, "fid": 5.0, "trial_seconds": 3600.0})
+    assert bridge.new_trial("c") is not None  # 0.5 GPU-hours of 1
+    bridge.report("c", {"step": 3, "fid": 5.0, "trial_seconds": 7200.0})
+    assert bridge.new_trial("d") is None  # 1.0 GPU-hour
+
+
+def test_a_gpu_budget_for_trials_without_gpus_is_refused_before_anything_runs(tmp_path, image_folder):
+    """Without GPUs a GPU budget would never bind (it used to count CPU-hours under the GPU flag's name)."""
+    from sweeps import preflight
+    from sweeps.driver import _check_budget
+    from sweeps.sweep import SweepError
+
+    s = settings(tmp_path, budget_gpu_hours=1.0)
+    with pytest.raises(SweepError, match="--budget-gpu-hours: the trials take no GPU.*--budget-cpu-hours"):
+        _check_budget(s, {"cpu": 1})
+    _check_budget(s, {"cpu": 1, "gpu": 1})
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+    s.gpus_per_trial = 0
+    assert any("--budget-gpu-hours with --gpus-per-trial 0" in p for p in preflight.problems(spec, s))

@@ -1,5 +1,5 @@
 """Sweeps queued on one Ray cluster: a real `ray start --head` with one sweep slot and its job server. Two
-submitted sweeps run one after the other, `sweeps/status.py` shows them, and a cancelled sweep resumes."""
+submitted sweeps run one after the other, `fpa-status` shows them, and a cancelled sweep resumes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 from conftest import child_runs, ray_token, run_launch, sweep_file, tracking_db
 from local_stack import http
 
@@ -49,7 +48,6 @@ def _wait(check, what: str, timeout: float = 420) -> None:
     raise AssertionError(f"no {what} within {timeout} s")
 
 
-@pytest.mark.slow
 def test_two_sweeps_queue_for_one_slot_and_a_cancelled_one_resumes(tmp_path, image_folder, ray_head):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
@@ -115,7 +113,7 @@ def test_a_sweeps_state_from_its_summary_study_and_job():
     import os
     import socket
 
-    from sweeps.status import sweep_row, table
+    from sweeps.overview import sweep_row, table
 
     record = {"settings": {"num_trials": 4, "metric": "kid"}}
     here = {"host": socket.gethostname(), "pid": os.getpid(), "since": 100.0}

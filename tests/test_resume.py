@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 psutil = pytest.importorskip("psutil")
 
-from sweeps.continue_best import main as continue_best_main  # noqa: E402
-from sweeps.launch import main as launch_main  # noqa: E402
+from sweeps.cli.continue_best import main as continue_best_main  # noqa: E402
+from sweeps.cli.launch import main as launch_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,6 @@ def _logged_steps(folder: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-@pytest.mark.slow
 def test_a_sweep_whose_driver_was_killed_resumes_every_trial_once(tmp_path, image_folder, local_ray):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=12, log_every=1)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
@@ -114,7 +113,7 @@ def test_a_trial_that_had_finished_when_its_driver_died_ends_on_resume(tmp_path,
     import sqlite3
 
     from sweeps.driver import resume_sweep, run_sweep
-    from sweeps.space import load_sweep
+    from sweeps.sweep_file import load_sweep
 
     s = settings(tmp_path, num_trials=1)
     before = run_sweep(load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8]}, steps=3)), s)
@@ -125,15 +124,14 @@ def test_a_trial_that_had_finished_when_its_driver_died_ends_on_resume(tmp_path,
     (root / "summary.json").unlink()
 
     after = resume_sweep(s.name, s.storage, tracking_uri=s.tracking_uri)
-    assert [(t["trial_id"], t["state"], t["steps"], t["best_fid"]) for t in after["trials"]] == [
-        (t["trial_id"], "COMPLETE", 3, t["best_fid"]) for t in before["trials"]]
+    assert [(t["trial_id"], t["state"], t["steps"], t["best"]) for t in after["trials"]] == [
+        (t["trial_id"], "COMPLETE", 3, t["best"]) for t in before["trials"]]
     (trial,) = optuna.load_study(study_name=s.name, storage=f"sqlite:///{root / 'optuna.db'}").trials
     assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(before["best"]["fid"])
     assert list(trial.intermediate_values) == [3]  # the study's evaluations stay as they were
     assert not [w for w in recwarn if "already reported" in str(w.message)]
 
 
-@pytest.mark.slow
 def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, image_folder, local_ray):
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
@@ -147,9 +145,6 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
         return run_main(continue_best_main, *args, *common)
 
     assert resume("--sweep", "nope", "--steps", "9").returncode == 2
-    old_name = subprocess.run([sys.executable, "sweeps/resume.py", "--sweep", "nope", "--steps", "9", *common],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)  # kept for one release
-    assert old_name.returncode == 2 and "no finished sweep named 'nope'" in old_name.stderr, old_name.stderr
     assert resume("--sweep", "short", "--top-k", "0", "--steps", "9").returncode == 2
     assert "does not go beyond" in resume("--sweep", "short", "--steps", "6").stderr
     assert "already exists" in resume("--sweep", "short", "--steps", "9", "--name", "short").stderr
@@ -158,7 +153,7 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
 
     summary = json.loads((storage / "longer" / "summary.json").read_text())
     assert set(summary) >= {"name", "dataset", "parent_run_id", "fid_calibrated", "best", "trials"}
-    ranked = sorted(original["trials"], key=lambda t: t["best_fid"])[:1]
+    ranked = sorted(original["trials"], key=lambda t: t["best"]["fid"])[:1]
     by_name = {t["trial_id"]: t for t in summary["trials"]}
     assert set(by_name) == {ranked[0]["trial_id"]}  # the best, by best FID
     client = MlflowClient(tracking)
@@ -180,7 +175,7 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     scores, and each trial the dead driver left running (one it asked for a moment before dying among them)
     goes to the next Ray trial, in the same folder and MLflow run, told which evaluations the study has."""
     from sweeps.study import OptunaBridge
-    from sweeps.space import load_sweep
+    from sweeps.sweep_file import load_sweep
     from sweeps.tracking import SweepTracker
 
     spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16, 32]}))
@@ -190,8 +185,8 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
 
     def bridge():
         store = optuna.storages.RDBStorage(storage_url)
-        return OptunaBridge(spec, optuna.load_study(study_name="s", storage=store), store, tracker, parent, "s", {},
-                            spec.trial_config({}))
+        return OptunaBridge(spec, optuna.load_study(study_name="s", storage=store), store, tracker, parent,
+                            settings(tmp_path, name="s", optuna_storage=storage_url), {"cpu": 1}, spec.trial_config({}))
 
     optuna.create_study(study_name="s", storage=storage_url)
     dead = bridge()
@@ -208,21 +203,21 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
 
     alive = bridge()
     alive.reconcile()
-    done = alive.records[first["trial_id"]]
+    done = alive.records[first.trial_id]
     assert done.state == "COMPLETE" and done.evaluations == [{"step": 6, "fid": 10.0, "kid": 0.1}]
-    assert alive.best == (10.0, first["trial_id"]) and alive.reports == 2
+    assert alive.best == (10.0, first.trial_id) and alive.reports == 2
     assert alive.to_run(6) == 5  # the one that ended is not run again
     taken = alive.new_trial("ray-d")  # the first Ray trials take up the unfinished ones, oldest first
-    assert (taken["trial_id"], taken["run_id"], taken["reported_step"]) == (running["trial_id"], running["run_id"], 3)
-    assert alive.records[running["trial_id"]].best == {"step": 3, "fid": 11.0, "kid": 0.2}
-    assert alive.records[running["trial_id"]].placement == {"node_id": "n1"}
+    assert (taken.trial_id, taken.run_id, taken.reported_step) == (running.trial_id, running.run_id, 3)
+    assert alive.records[running.trial_id].best == {"step": 3, "fid": 11.0, "kid": 0.2}
+    assert alive.records[running.trial_id].placement == {"node_id": "n1"}
     taken_lost = alive.new_trial("ray-e")
-    assert (taken_lost["trial_id"], taken_lost["run_id"], taken_lost["reported_step"]) == (
-        lost["trial_id"], lost["run_id"], 0)
+    assert (taken_lost.trial_id, taken_lost.run_id, taken_lost.reported_step) == (
+        lost.trial_id, lost.run_id, 0)
     taken_half = alive.new_trial("ray-f")
-    assert taken_half["trial_id"] == f"trial_{half.number:04d}" and taken_half["train"]["model"]["d_hidden"] == 32
+    assert taken_half.trial_id == f"trial_{half.number:04d}" and taken_half.config.model.d_hidden == 32
     fresh = alive.new_trial("ray-g")
-    assert fresh["trial_id"] not in {first["trial_id"], running["trial_id"], lost["trial_id"], taken_half["trial_id"]}
+    assert fresh.trial_id not in {first.trial_id, running.trial_id, lost.trial_id, taken_half.trial_id}
     assert alive.report("ray-e", {"step": 3, "fid": 12.5}) is False  # its Optuna handle, rebuilt from the store
     alive.complete("ray-e", {"step": 6, "fid": 12.0}, error=False)
     alive.close_out()  # ray-d, ray-f and ray-g never reported again: failed, never COMPLETE
@@ -235,7 +230,6 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
 
 
-@pytest.mark.slow
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder, local_ray):
     """SIGTERM (a scheduler, docker stop, Kubernetes) is turned into Ctrl-C: Ray saves the experiment, the
     driver exits 130 with the --resume hint, and --resume finishes every trial."""

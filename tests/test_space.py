@@ -9,8 +9,9 @@ import yaml
 from fpa_core.config import to_dict
 from fpa_core.model import preset_config
 from fpa_core.presets import PRESETS
-from fpa_core.train_config import TrainConfig, build_config
-from sweeps.space import SpaceError, flatten, load_sweep, nested, sweep_names
+from fpa_core.train.config import TrainConfig, build_config
+from fpa_core.config import ConfigError, flatten, nested
+from sweeps.sweep_file import load_sweep, sweep_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -129,7 +130,7 @@ def test_tpe_multivariate_group_handles_the_conditional_space():
     ({"model.d_in": 8}, "space.model.d_in: expected a list of values"),
 ])
 def test_a_bad_entry_is_named(tmp_path, space, expected):
-    with pytest.raises(SpaceError) as e:
+    with pytest.raises(ConfigError) as e:
         load_sweep(write_sweep(tmp_path, space))
     assert len(e.value.errors) == 1 and e.value.errors[0].startswith(expected), e.value.errors
 
@@ -138,7 +139,7 @@ def test_every_bad_entry_is_named_at_once(tmp_path):
     space = {"model.d_hiden": [256], "model.d_latent": [], "model.rule": ["delta", "hebb"],
              "model.d_in": {"values": [4], "if": {"model.input_generator": "v2"}},
              "optim.lr": {"low": 1.0e-3, "high": 1.0e-4, "log": True}, "model.d_hidden": [64, 128]}
-    with pytest.raises(SpaceError) as e:
+    with pytest.raises(ConfigError) as e:
         load_sweep(write_sweep(tmp_path, space, colour="blue", fixed={"optim.batch_sise": 8}))
     named = [message.split(":", 1)[0] for message in e.value.errors]
     assert named == ["colour", "fixed.optim.batch_sise", "space.model.d_hiden", "space.model.d_latent",
@@ -147,23 +148,23 @@ def test_every_bad_entry_is_named_at_once(tmp_path):
 
 
 def test_the_base_with_the_fixed_entries_must_build(tmp_path):
-    with pytest.raises(SpaceError, match=r"base digits \+ dataset \+ fixed: data.resolution: 48 does not match"):
+    with pytest.raises(ConfigError, match=r"base digits \+ dataset \+ fixed: data.resolution: 48 does not match"):
         load_sweep(write_sweep(tmp_path, {"model.d_hidden": [64]}, fixed={"data.resolution": 48}))
 
 
 def test_the_first_trial_must_exist_and_lie_in_the_space(tmp_path):
-    with pytest.raises(SpaceError, match="first: table3: dataset 'digits' has no Table 3 row"):
+    with pytest.raises(ConfigError, match="first: table3: dataset 'digits' has no Table 3 row"):
         load_sweep(write_sweep(tmp_path, {"model.d_hidden": [64]}, first="table3"))
-    with pytest.raises(SpaceError, match=r"first: base gives model.d_hidden = 256, which the space does not include"):
+    with pytest.raises(ConfigError, match=r"first: base gives model.d_hidden = 256, which the space does not include"):
         load_sweep(write_sweep(tmp_path, {"model.d_hidden": [64, 128]}, first="base"))
 
 
 def test_unknown_sweeps_and_profiles_list_the_known_ones():
-    with pytest.raises(SpaceError, match=r"'mnist': neither a packaged sweep \(afhq-cat, .*digits.*\) nor a YAML"):
+    with pytest.raises(ConfigError, match=r"'mnist': neither a packaged sweep \(afhq-cat, .*digits.*\) nor a YAML"):
         load_sweep("mnist")
-    with pytest.raises(SpaceError, match="profile 'tiny': unknown; this sweep has demo"):
+    with pytest.raises(ConfigError, match="profile 'tiny': unknown; this sweep has demo"):
         load_sweep("digits", profile="tiny")
-    with pytest.raises(SpaceError, match="profile 'demo': unknown; this sweep has no profiles"):
+    with pytest.raises(ConfigError, match="profile 'demo': unknown; this sweep has no profiles"):
         load_sweep("celeba", profile="demo")
 
 
@@ -191,7 +192,7 @@ def test_nested_and_flatten_are_inverses():
     assert build_config(nested(dotted)) == TrainConfig()
     assert flatten(TrainConfig()) == dotted
     assert nested({"model.d_hidden": 2, "steps": 5}) == {"model": {"d_hidden": 2}, "steps": 5}
-    with pytest.raises(SpaceError, match="model is already set to a value"):
+    with pytest.raises(ConfigError, match="model is already set to a value"):
         nested({"model": 1, "model.d_hidden": 2})
 
 
@@ -200,7 +201,7 @@ def test_a_sweep_file_sets_the_launchers_defaults_and_names_bad_ones(tmp_path):
                                   metric="kid"))
     assert (spec.num_trials, spec.pruner, spec.warmup, spec.metric) == (3, "hyperband", 0, "kid")
     assert load_sweep(write_sweep(tmp_path, {"model.d_hidden": [8]})).pruner is None  # the launcher's default then
-    with pytest.raises(SpaceError) as error:
+    with pytest.raises(ConfigError) as error:
         load_sweep(write_sweep(tmp_path, {"model.d_hidden": [8]}, pruner="asha", warmup=-1, metric="is"))
     message = str(error.value)
     assert "pruner: 'asha' is not one of median" in message and "warmup: expected an integer >= 0" in message

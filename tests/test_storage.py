@@ -5,7 +5,7 @@ import pytest
 from fpa_core import storage
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.server)])
 def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "store")

@@ -17,8 +17,9 @@ from conftest import child_runs, free_port, own_ray, run_launch, run_main, setti
 ray = pytest.importorskip("ray")
 
 from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
-from sweeps.launch import main as launch_main  # noqa: E402
-from sweeps.space import load_sweep  # noqa: E402
+from sweeps.cli.launch import main as launch_main  # noqa: E402
+from sweeps.sweep import SweepError  # noqa: E402
+from sweeps.sweep_file import load_sweep  # noqa: E402
 
 
 def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
@@ -31,9 +32,9 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
     assert {"name", "dataset", "tracking_uri", "parent_run_id", "fid_calibrated", "best", "trials"} <= set(summary)
     assert summary["fid_calibrated"] is True and summary["metric"] == "fid"
     assert len(summary["trials"]) == 4 and {t["state"] for t in summary["trials"]} == {"COMPLETE"}
-    assert all(t["steps"] == 6 and t["best_fid"] is not None for t in summary["trials"])
+    assert all(t["steps"] == 6 and t["best"]["fid"] is not None for t in summary["trials"])
     best = summary["best"]
-    assert best["fid"] == min(t["best_fid"] for t in summary["trials"])
+    assert best["fid"] == min(t["best"]["fid"] for t in summary["trials"])
     assert Path(best["checkpoint"]).is_file() and best["config"]["model"]["d_hidden"] in (8, 16)
 
     client, parent, runs = child_runs(s.tracking_uri, summary)
@@ -149,6 +150,7 @@ def test_a_diverging_trial_fails_once_and_says_why(tmp_path, image_folder, local
     assert study.trials[0].state.name == "FAIL" and "non-finite" in study.trials[0].user_attrs["fpa.error"]
 
 
+@pytest.mark.process
 def test_launch_rejects_bad_input_before_any_work(tmp_path):
     result = run_main(launch_main, "--dataset", "ffhq")
     assert result.returncode == 2 and "ffhq" in result.stderr and "metfaces" in result.stderr
@@ -176,6 +178,52 @@ def test_launch_rejects_bad_input_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()  # stopped before any trial
 
 
+def test_a_bug_in_a_running_sweep_is_not_reported_as_a_usage_error(monkeypatch, tmp_path, image_folder):
+    """Exit 2 means "the command line cannot run"; a ValueError from inside a sweep is a bug, with its traceback."""
+    import sweeps.driver
+
+    def broken(spec, settings):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(sweeps.driver, "run_sweep", broken)
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        launch_main(["--dataset", sweep, "--storage", str(tmp_path / "o"), "--tracking-uri",
+                     tracking_db(tmp_path)])
+
+    def refused(spec, settings):
+        raise SweepError("sweep x cannot run: the fix")
+
+    monkeypatch.setattr(sweeps.driver, "run_sweep", refused)
+    result = run_main(launch_main, "--dataset", sweep, "--storage", str(tmp_path / "o"), "--tracking-uri",
+                      tracking_db(tmp_path))
+    assert result.returncode == 2 and "error: sweep x cannot run: the fix" in result.stderr
+
+
+def test_a_trial_that_cannot_train_fails_for_good_without_retries(tmp_path):
+    """Too few images, a dataset that changed, no bfloat16 or no CUDA: a retry fails the same way, so the trial
+    ends at once with its reason instead of Ray retrying it --max-failures times."""
+    from PIL import Image
+
+    from fpa_core.train.config import build_config
+    from fpa_core.train.trainer import Trainer
+    from sweeps.trainable import DETERMINISTIC
+
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (16, 16)).save(one / "a.png")
+    config = build_config({}, {"data": {"dataset": str(one), "resolution": 16}, "model": {"height": 16, "width": 16},
+                               "fid": {"backbone": "inception-random"}, "device": "cpu"})
+    with pytest.raises(DETERMINISTIC, match="holds 1 readable image"):
+        Trainer(config, str(tmp_path / "run"))
+
+
+def test_the_failure_key_is_written_once(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    text = "".join(p.read_text() for folder in ("fpa_core", "sweeps") for p in (root / folder).rglob("*.py"))
+    assert text.count('"fpa_failed"') == 1
+
+
 def _most_at_once(summary: dict) -> int:
     """The most trials that were training at one moment, from the times in their metrics.jsonl."""
     spans = []
@@ -187,6 +235,7 @@ def _most_at_once(summary: dict) -> int:
     return max(sum(1 for s, e in spans if s <= start <= e) for start, _ in spans)
 
 
+@pytest.mark.ray
 def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
     own_ray()
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
@@ -199,7 +248,7 @@ def test_logical_gpus_bound_the_trials_running_at_once(tmp_path, image_folder):
     assert _most_at_once(summary) <= 2  # at any moment at most two trials hold a GPU
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_four_trials_share_one_logical_gpu_each_capped_at_its_share(tmp_path, image_folder):
     """--gpus-per-trial 0.25: four trials at once on one GPU (Ray's logical GPU on this CPU machine), each with
     its CUDA memory capped at a quarter (the cap it would set; recorded in its placement), and the sweep's cost
@@ -220,6 +269,7 @@ def test_four_trials_share_one_logical_gpu_each_capped_at_its_share(tmp_path, im
     assert cost["cpu_hours"] == pytest.approx(seconds / 3600) and cost["wall_hours"] > 0
 
 
+@pytest.mark.ray
 def test_a_two_node_cluster_spreads_the_trials(tmp_path, image_folder):
     from ray.cluster_utils import Cluster
 

@@ -7,14 +7,21 @@ from PIL import Image
 from fpa_core import checkpoint, pictures
 from fpa_core.checkpoint import load_generator
 from fpa_core.config import ConfigError
-from fpa_core.model import FPAGenerator, ModelConfig
-from fpa_core.paint import draw
-from fpa_core.train_config import load_config
-from fpa_core.trainer import Trainer
-from fpa_core.unet import RefinedGenerator, ReferenceUNet, ResnetUNet, UNetConfig, build_unet
+from fpa_core.model import FPAGenerator
+from fpa_core.model_config import ModelConfig, UNetConfig
+from fpa_core.pictures import draw
+from fpa_core.train.config import load_config
+from fpa_core.train.trainer import Trainer
+from fpa_core.unet import RefinedGenerator, ReferenceUNet, ResnetUNet, build_unet
 from test_train import TINY
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 2], "blocks": 1, "groups": 4}
+
+
+@pytest.fixture
+def tiny(image_folder):
+    """The tiny training config on the small image folder (its real features take a second, not digits' 40 s)."""
+    return {**TINY, "data": {"dataset": str(image_folder), "resolution": 16}}
 
 
 @pytest.mark.parametrize("arch", ["reference", "resnet"])
@@ -53,14 +60,14 @@ def test_bad_unet_fields_are_named():
     assert "unet.dim_mults" in str(e.value) and "base_generator" in str(e.value)
 
 
-def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
+def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path, tiny):
     base_run = tmp_path / "fpa"
-    Trainer(load_config("digits", TINY), str(base_run)).train()
+    Trainer(load_config("digits", tiny), str(base_run)).train()
     base_uri = str(base_run / "checkpoints" / "best.pt")
-    config = load_config("digits", {**TINY, "stage": "unet", "base_generator": base_uri, "unet": TINY_UNET,
-                                    "model": {**TINY["model"], "d_hidden": 999}})  # the base decides the model
+    config = load_config("digits", {**tiny, "stage": "unet", "base_generator": base_uri, "unet": TINY_UNET,
+                                    "model": {**tiny["model"], "d_hidden": 999}})  # the base decides the model
     trainer = Trainer(config, str(tmp_path / "unet"))
-    assert isinstance(trainer.G, RefinedGenerator) and trainer.cfg.model.d_hidden == TINY["model"]["d_hidden"]
+    assert isinstance(trainer.G, RefinedGenerator) and trainer.cfg.model.d_hidden == tiny["model"]["d_hidden"]
     base = checkpoint.load(base_uri)  # the stage starts from the base's raw G and its D, as the authors' code
     assert all(torch.equal(v, base["generator"][k]) for k, v in trainer.G.fpa.state_dict().items())
     assert all(torch.equal(v, base["discriminator"][k]) for k, v in trainer.D.state_dict().items())
@@ -72,7 +79,7 @@ def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
     assert any(not torch.equal(v, unet_before[k]) for k, v in trainer.G.unet.state_dict().items())
     base_state = checkpoint.load(base_uri)
     base_fid = next(e["fid"] for e in base_state["evaluations"] if e["step"] == base_state["step"])
-    assert summary["stage"] == "unet" and summary["base"]["fid"] == base_fid and summary["best_fid"] is not None
+    assert summary["stage"] == "unet" and summary["base"]["fid"] == base_fid and summary["best"]["fid"] is not None
     strip = Image.open(tmp_path / "unet" / "painting" / "strip-00000008.png")
     cell = 16 * pictures.scale_for(16, 16) + pictures.GAP
     # T = 8 canvases, then the U-Net's output; a title and a row of step numbers on top
@@ -84,10 +91,10 @@ def test_only_the_unet_learns_and_the_paintings_end_with_its_output(tmp_path):
         "grid.png", "painting.png", "painting.gif"}
 
 
-def test_a_unet_stage_resumes_without_its_base_file(tmp_path):
-    Trainer(load_config("digits", {**TINY, "steps": 4}), str(tmp_path / "fpa")).train()
+def test_a_unet_stage_resumes_without_its_base_file(tmp_path, tiny):
+    Trainer(load_config("digits", {**tiny, "steps": 4}), str(tmp_path / "fpa")).train()
     base = tmp_path / "fpa" / "checkpoints" / "best.pt"
-    config = load_config("digits", {**TINY, "steps": 4, "stage": "unet", "base_generator": str(base),
+    config = load_config("digits", {**tiny, "steps": 4, "stage": "unet", "base_generator": str(base),
                                     "unet": TINY_UNET})
     Trainer(config, str(tmp_path / "unet")).train()
     base.unlink()  # the stage's checkpoints hold the frozen FPA's weights too
@@ -95,11 +102,11 @@ def test_a_unet_stage_resumes_without_its_base_file(tmp_path):
     assert summary["steps"] == 6
 
 
-def test_a_unet_needs_an_fpa_base_of_the_right_size(tmp_path):
-    Trainer(load_config("digits", {**TINY, "steps": 2}), str(tmp_path / "fpa")).train()
+def test_a_unet_needs_an_fpa_base_of_the_right_size(tmp_path, tiny):
+    Trainer(load_config("digits", {**tiny, "steps": 2}), str(tmp_path / "fpa")).train()
     base = str(tmp_path / "fpa" / "checkpoints" / "best.pt")
-    config = load_config("digits", {**TINY, "stage": "unet", "base_generator": base, "unet": TINY_UNET,
-                                    "data": {"resolution": 32}, "model": {"height": 32, "width": 32}})
+    config = load_config("digits", {**tiny, "stage": "unet", "base_generator": base, "unet": TINY_UNET,
+                                    "data": {**tiny["data"], "resolution": 32}, "model": {"height": 32, "width": 32}})
     with pytest.raises(ValueError, match="data.resolution"):
         Trainer(config, str(tmp_path / "unet"))
 

@@ -1,37 +1,46 @@
-"""Every sweep in a storage (and on a cluster's job queue), at a glance; cancel one.
-
-    python sweeps/status.py                               # the sweeps in --storage (FPA_STORAGE, ./sweeps_out)
-    python sweeps/status.py --address http://HEAD:8265    # and the cluster's queued and running sweep jobs
-    python sweeps/status.py --json                        # the same, machine-readable
-    python sweeps/status.py --cancel NAME [--address ...] # stop a running or queued sweep; it stays resumable
-
-A sweep is queued (its Ray Job waits for a sweep slot), running (its study names a live driver), interrupted
-(no driver and no summary: `launch.py --resume NAME` continues it) or finished (its summary.json). Each row
-gives its trials ended of all, its best FID and KID so far, its drivers' wall time and what its trials used,
-in GPU-hours (CPU-hours where they take no GPU). A sweep's study is read from the Optuna store its sweep.json
-names, unless --optuna-storage names another.
+"""Every sweep's state, read and never written: what ``fpa-status`` shows. A finished sweep is read from its
+summary.json, one that has not finished from its Optuna study (``sweeps.study`` writes the attributes named
+here). Only Optuna is imported (Ray's job client only for ``--address``), so that the command starts in a
+fraction of a second.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
 import signal
 import socket
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import optuna
+from optuna.trial import TrialState
 
-from fpa_core import storage  # noqa: E402
-from fpa_core.evaluations import best_evaluation  # noqa: E402
-from sweeps.study_overview import SWEEP_STATES, overview  # noqa: E402
-from sweeps.sweep import SweepNotFound, list_sweeps, read_record, read_summary, redact, resolve_storage  # noqa: E402
+from fpa_core.metrics import best_evaluation
+from sweeps.sweep import SweepNotFound, list_sweeps, read_record, read_summary
+
+# An ended Optuna trial's state as the sweep names it.
+SWEEP_STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
+DRIVER = "fpa.driver"  # the study's attribute: the driver running the sweep now ({host, pid, since}), or None
+DRIVER_SECONDS = "fpa.driver_seconds"  # the study's attribute: the sweep's drivers' wall time so far
+RESOURCES = "fpa.resources"  # the study's attribute: what each trial takes ({"cpu": 1, "gpu": 0.25})
+
+
+def overview(optuna_storage: str, name: str) -> dict[str, Any] | None:
+    """A sweep's study at a glance: its trials by state, the evaluations of its ended trials, the trials'
+    seconds, its driver (or None) and its drivers' wall time so far. None when there is no study."""
+    try:
+        study = optuna.load_study(study_name=name, storage=optuna_storage)
+    except KeyError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    states = [SWEEP_STATES.get(t.state, t.state.name) for t in trials if t.state != TrialState.WAITING]
+    evaluations = [e for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   for e in t.user_attrs.get("fpa.evaluations", [])]
+    return {"states": {state: states.count(state) for state in sorted(set(states))}, "evaluations": evaluations,
+            "seconds": sum(float(t.user_attrs.get("fpa.seconds", 0.0)) for t in trials),
+            "driver": study.user_attrs.get(DRIVER), "driver_seconds": study.user_attrs.get(DRIVER_SECONDS, 0.0),
+            "resources": study.user_attrs.get(RESOURCES, {})}
+
 
 ENDED = tuple(SWEEP_STATES.values())  # a trial that will not run again
 
@@ -145,45 +154,3 @@ def cancel(row: dict[str, Any], address: str | None) -> str:
         raise ValueError(f"{name} runs on {driver.get('host') if driver else 'another machine'}: pass --address "
                          "with the job server it was submitted to, or stop it there")
     raise ValueError(f"{name} is {row['state']}, not running or queued: nothing to cancel")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python sweeps/status.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", help="where the sweeps ran, a folder or s3:// (default: FPA_STORAGE, else "
-                                          "./sweeps_out)")
-    parser.add_argument("--optuna-storage", help="the Optuna store of every sweep (default: the one each recorded)")
-    parser.add_argument("--address", help="a Ray job server (http://HEAD:8265): its queued and running sweep jobs too")
-    parser.add_argument("--json", action="store_true", help="print the sweeps as JSON")
-    parser.add_argument("--cancel", metavar="NAME", help="stop the running or queued sweep NAME (it stays resumable)")
-    args = parser.parse_args(argv)
-    if storage.location_problem(args.storage):
-        parser.error(f"--storage {storage.location_problem(args.storage)}")
-    root = resolve_storage(args.storage)
-    from sweeps.jobs import JobServerUnreachable
-
-    try:
-        rows = collect(root, args.optuna_storage, args.address)
-    except JobServerUnreachable as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    if args.cancel:
-        row = next((r for r in rows if r["name"] == args.cancel), None)
-        if row is None:
-            known = ", ".join(r["name"] for r in rows) or "no sweeps"
-            parser.exit(2, f"{parser.prog}: error: no sweep named {args.cancel!r} in {root}"
-                           f"{' or on ' + args.address if args.address else ''}; there are {known}\n")
-        try:
-            print(cancel(row, args.address))
-        except ValueError as e:
-            parser.exit(2, f"{parser.prog}: error: {e}\n")
-        return 0
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    where = f"{root}" + (f" and {redact(args.address)}" if args.address else "")
-    print(table(rows, shutil.get_terminal_size((100, 20)).columns) if rows else f"no sweeps in {where}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

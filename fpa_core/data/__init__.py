@@ -10,19 +10,19 @@ the centre ``res`` x ``res`` cropped. The result, an (N, res, res, 3) uint8 arra
 ``.npy`` file named after the source's fingerprint and the resolution, so that later runs start at
 once. Unreadable files are skipped and counted.
 
-This is the reader that training uses. The paper's datasets are listed in ``fpa_core.datasets``;
+This is the reader that training uses. The paper's datasets are listed in ``fpa_core.data.catalog``;
 ``python -m fpa_core.dataset_tool prepare NAME --src DOWNLOAD`` puts one under ``<data_root>/<name>/``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import logging
 import os
 import re
-import sys
 import tempfile
 import threading
 import zipfile
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fpa_core.archives import check_archive, member_parts
+from fpa_core.data.archives import check_archive, member_parts
 from fpa_core.cache import cache_dir
-from fpa_core.datasets import DATASETS
+from fpa_core.data.catalog import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,21 @@ def load_images(name_or_path: str | os.PathLike, resolution: int, *, data_root: 
         logger.info("cache hit for %s: %d images at %dx%d from %s", source.location, len(images), resolution,
                     resolution, cache)
     return ImageSet(source.label, images, source.fingerprint, source.location, source.count - len(images), cache)
+
+
+def check_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None) -> str:
+    """Where a dataset is, once it is known to hold images, without decoding any: what ``load_images`` would
+    read. Raises DatasetNotFoundError (with how to get it), or ValueError for a folder or zip without images."""
+    if os.fspath(name_or_path) == "digits":
+        if importlib.util.find_spec("sklearn") is None:
+            raise DatasetNotFoundError("the digits dataset ships with scikit-learn, which is not installed: "
+                                       "pip install scikit-learn")
+        return "scikit-learn digits"
+    source = _resolve(os.fspath(name_or_path), Path(data_root) if data_root is not None else default_data_root())
+    if source.count < 2:
+        raise ValueError(f"{source.location} holds {source.count} {'/'.join(IMAGE_EXTENSIONS)} file(s); training "
+                         "needs at least 2")
+    return source.location
 
 
 def default_data_root() -> Path:
@@ -327,9 +342,3 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-if __name__ == "__main__":  # the old name of python -m fpa_core.dataset_tool, kept for one release
-    from fpa_core.dataset_tool import main
-
-    sys.exit(main())

@@ -13,9 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from fpa_core.config import ConfigError, from_dict, merge, parse_overrides
-from fpa_core.discriminator import DiscriminatorConfig
-from fpa_core.model import ModelConfig
-from fpa_core.unet import UNetConfig
+from fpa_core.model_config import DiscriminatorConfig, ModelConfig, UNetConfig
 
 
 RANGES = ([-1.0, 1.0], [0.0, 1.0])
@@ -116,7 +114,7 @@ REFERENCE_EMA = EMAConfig(beta=0.995, every=10, offset=1, start=20_011, copy_eve
 
 @dataclass
 class FIDConfig:
-    """The periodic evaluation: FID, KID and precision/recall of the EMA generator (fpa_core.metrics)."""
+    """The periodic evaluation: FID, KID and precision/recall of the EMA generator (fpa_core.metrics.evaluator)."""
 
     every: int = 5000  # steps between evaluations (and at the last step)
     num_images: int = 10000  # generated images per evaluation

@@ -1,8 +1,15 @@
-"""What an evaluation records, without torch: the names of the backbones, metrics and scores, one line for
-people, and the best of a run's evaluations. Code that only reads records (the sweep's status command, the
-sweep's search space) imports this, not ``fpa_core.metrics``, which loads torch and Inception.
+"""Scoring generators: FID, KID and precision/recall from one set of Inception features.
 
-An evaluation is a dict: ``{"step": 3000, "fid": 31.2, "kid": 0.0046, "kid_std": 0.0003, ...}``.
+    evaluator.py         Evaluator: a generator's scores at an evaluation, the real side cached (torch)
+    fid.py, kid.py       the Fréchet distance; the unbiased polynomial-kernel MMD (mean and std over subsets)
+    precision_recall.py  k-NN manifolds of the two feature sets (Kynkäänniemi et al. 2019)
+    inception.py         pytorch-fid's Inception, at any of its feature sizes
+    weights.py           where the calibrated FID Inception's weights come from, and their checks
+    protocol.py          the paper's protocol for a checkpoint (50 K images, float32): what fpa_core.evaluate runs
+
+This module itself needs no torch: the names of the backbones, metrics and scores, one line for people, and the
+best of a run's evaluations, for code that only reads records (``fpa-status``, a sweep file's checks). An
+evaluation is a dict: ``{"step": 3000, "fid": 31.2, "kid": 0.0046, "kid_std": 0.0003, ...}``.
 """
 
 from __future__ import annotations

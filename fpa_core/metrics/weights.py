@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d
 
 from fpa_core import storage
-from fpa_core.inception import build, fid_inception_architecture
+from fpa_core.metrics.inception import build, fid_inception_architecture
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ import time
 from fpa_core import storage
 from fpa_core.config import ConfigError, parse_overrides
 from fpa_core.data import DatasetNotFoundError
-from fpa_core.inception_weights import FIDWeightsInvalid, FIDWeightsUnavailable
-from fpa_core.evaluations import describe
-from fpa_core.train_config import load_config, packaged_configs
-from fpa_core.trainer import NonFiniteLossError, RunExistsError, Trainer
+from fpa_core.metrics.weights import FIDWeightsInvalid, FIDWeightsUnavailable
+from fpa_core.metrics import describe
+from fpa_core.train.config import load_config, packaged_configs
+from fpa_core.train.errors import NonFiniteLossError, RunExistsError
+from fpa_core.train.trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if summary[name] is not None:
             print(f"{name} (step {summary[name]['step']}): {describe(summary[name], label)}")
     print(f"run folder: {summary['out']}  (summary.json, metrics.jsonl, checkpoints/, samples/, painting/)")
-    print(json.dumps({k: summary[k] for k in ("steps", "metric", "best_fid", "best_kid", "final_fid", "final_kid",
-                                              "fid_calibrated")}))
+    print(json.dumps({k: summary[k] for k in ("steps", "metric", "best", "final", "fid_calibrated")}))
     return 0
 
 

@@ -1,9 +1,9 @@
 """Promote a sweep's best generator to champion of the MLflow registered model ``fpa-<dataset>``.
 
-    python sweeps/promote.py --sweep metfaces-20261128-101500     # its best trial's best checkpoint
-    python sweeps/promote.py --run 3f2a...                         # the best checkpoint of one MLflow run
-    python sweeps/promote.py --sweep NAME --evaluate 50000         # scored first as the paper did (fp32, 50 K)
-    python sweeps/promote.py --sweep NAME --force                  # champion even if not better
+    fpa-promote --sweep metfaces-20261128-101500     # its best trial's best checkpoint
+    fpa-promote --run 3f2a...                         # the best checkpoint of one MLflow run
+    fpa-promote --sweep NAME --evaluate 50000         # scored first as the paper did (fp32, 50 K)
+    fpa-promote --sweep NAME --force                  # champion even if not better
 
 Registers a new version and moves the alias ``champion`` to it only when it beats the current champion on
 the run's metric (FID, or KID for a --metric kid sweep) measured the same way (the same protocol: Inception
@@ -19,17 +19,13 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sweeps.sweep import (SweepNotFound, read_summary, resolve_storage, resolve_tracking_uri,  # noqa: E402
+from sweeps.sweep import (SweepNotFound, read_summary, resolve_storage, resolve_tracking_uri,
                           tracking_uri_problems)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python sweeps/promote.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fpa-promote", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sweep", help="a finished sweep (its summary.json in --storage): promote its best trial")
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from fpa_core.inception_weights import FIDWeightsUnavailable
+    from fpa_core.metrics.weights import FIDWeightsUnavailable
     from sweeps.registry import promote
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)

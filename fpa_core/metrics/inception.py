@@ -7,7 +7,7 @@
       -> average over space -> features (B, dims)
 
 The trunk is pytorch_fid.inception.fid_inception_v3's architecture (torchvision's Inception3 with the FID
-variants of the mixed blocks). Its weights come from fpa_core.inception_weights: the calibrated FID
+variants of the mixed blocks). Its weights come from fpa_core.metrics.weights: the calibrated FID
 Inception (TensorFlow's 2015-12-05 graph, the network behind pytorch-fid's and StyleGAN's FIDs), or a
 fixed random initialisation whose numbers are uncalibrated.
 """
@@ -64,7 +64,7 @@ class FIDInception(nn.Module):
 
 
 def build(state_dict: dict[str, Tensor], dims: int = 2048) -> FIDInception:
-    """The FID network with a trunk's weights (fpa_core.inception_weights), at ``dims``, in eval mode."""
+    """The FID network with a trunk's weights (fpa_core.metrics.weights), at ``dims``, in eval mode."""
     trunk = fid_inception_architecture()
     missing, unexpected = trunk.load_state_dict(state_dict, strict=False)
     bad = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]  # unused

@@ -5,9 +5,9 @@
 Every image goes through an image file as the paper's FIDs did (Appendix B.4): JPEG (Pillow's default
 quality 75, what torchvision's ``save_image`` writes; the paper's choice) or PNG (lossless). Then
 
-    fid                 fpa_core.fid: the Fréchet distance of the features' Gaussians (all real images)
-    kid, kid_std        fpa_core.kid: the unbiased polynomial-kernel MMD^2, mean and std over 100 subsets
-    precision, recall   fpa_core.precision_recall: k-NN manifolds (k = 3) of the two sets
+    fid                 fpa_core.metrics.fid: the Fréchet distance of the features' Gaussians (all real images)
+    kid, kid_std        fpa_core.metrics.kid: the unbiased polynomial-kernel MMD^2, mean and std over 100 subsets
+    precision, recall   fpa_core.metrics.precision_recall: k-NN manifolds (k = 3) of the two sets
 
 KID and precision/recall use up to MAX_FEATURES features of each side (a fixed random choice of the real
 ones; FID's statistics use every real image). The real set's statistics and features are computed once
@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fpa_core import cache, inception_weights, storage
-from fpa_core.evaluations import BACKBONES
-from fpa_core.fid import FIDStats, Moments, frechet_distance
+from fpa_core import cache, storage
+from fpa_core.metrics import weights as inception_weights
+from fpa_core.metrics import BACKBONES
+from fpa_core.metrics.fid import FIDStats, Moments, frechet_distance
 from fpa_core.images import IMAGE_FORMATS, check_uint8_images, round_trip, to_uint8, to_unit_float
-from fpa_core.inception import DIMS, build
-from fpa_core.kid import kernel_inception_distance
-from fpa_core.precision_recall import precision_recall
+from fpa_core.metrics.inception import DIMS, build
+from fpa_core.metrics.kid import kernel_inception_distance
+from fpa_core.metrics.precision_recall import precision_recall
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 
 mu and S are the mean and covariance of the features of N generated images (g) and of the real ones
 (r). The features, the image pipeline before them and the cache of real statistics are in
-fpa_core.metrics; the network in fpa_core.inception.
+fpa_core.metrics.evaluator; the network in fpa_core.metrics.inception.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Continue the best trials of a finished sweep to a larger step budget, unpruned, as one new Ray Tune run.
 
-    python sweeps/continue_best.py --sweep metfaces-20261128-101500 --top-k 3 --steps 300000
-    python sweeps/continue_best.py --sweep NAME --top-k 1 --steps 500000 --from latest
+    fpa-continue --sweep metfaces-20261128-101500 --top-k 3 --steps 300000
+    fpa-continue --sweep NAME --top-k 1 --steps 500000 --from latest
 
 Each continuation starts from its trial's best (or latest) checkpoint and logs into a new MLflow child
 run linked to the trial's own (tag and param fpa.continues_run), so that the MLflow UI draws the whole
@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sweeps.sweep import (SweepInterrupted, SweepNotFound, read_summary, resolve_storage,  # noqa: E402
+from sweeps.sweep import (SweepInterrupted, SweepNotFound, read_summary, resolve_storage,
                           tracking_uri_problems)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python sweeps/continue_best.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fpa-continue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", required=True, help="the finished sweep whose best trials continue")
     parser.add_argument("--top-k", type=int, default=3, help="how many of its best trials (by best FID; default 3)")

@@ -8,19 +8,14 @@ Determinism: every random draw of a step comes from torch's global generator, wh
 Python's, NumPy's and CUDA's) is in each checkpoint, and evaluations draw from private generators.
 On CPU a resumed run therefore reproduces an uninterrupted one bit for bit.
 
-The run folder (a local path or ``s3://bucket/prefix``)::
-
-    config.yaml  metrics.jsonl  summary.json
-    checkpoints/latest-<step>.pt  checkpoints/best.pt
-    samples/grid-<step>.png  painting/strip-<step>.png  painting/painting-<step>.gif
+What a run writes, and what its checkpoints hold: ``fpa_core.train.run_folder``. Which generator a stage
+trains (an FPA, or a U-Net on a frozen one): ``fpa_core.train.stages``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import json
 import logging
 import math
 import random
@@ -30,31 +25,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from fpa_core import checkpoint, pictures, storage
 from fpa_core.augment import maybe_augment
-from fpa_core.config import from_dict, to_dict
 from fpa_core.data import ImageSet, load_images
 from fpa_core.discriminator import Discriminator
 from fpa_core.images import to_tensor
 from fpa_core.losses import discriminator_loss, generator_loss, gradient_penalty, reconstruction_loss
-from fpa_core.evaluations import best_evaluation, describe
-from fpa_core.metrics import Evaluator, Scores, latent_sampler
-from fpa_core.model import FPAGenerator, ModelConfig
+from fpa_core.metrics import best_evaluation, describe
+from fpa_core.metrics.evaluator import Evaluator, Scores, latent_sampler
 from fpa_core.progress import Progress
-from fpa_core.train_config import TrainConfig, build_config
-from fpa_core.unet import RefinedGenerator, build_unet
+from fpa_core.train import run_folder
+from fpa_core.train.config import TrainConfig, build_config
+from fpa_core.train.errors import CannotTrainError, NonFiniteLossError, RunExistsError
+from fpa_core.train.run_folder import RunFolder
+from fpa_core.train.stages import adopt_discriminator, build_stage
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stopped before writing anything from that step."""
-
-
-class RunExistsError(RuntimeError):
-    """The output folder already holds a run and the caller did not ask to resume it."""
 
 
 @dataclass
@@ -74,43 +61,6 @@ class Evaluation:
     picture_bytes: dict[str, bytes] = field(default_factory=dict)  # grid, strip, gif -> the encoded file
 
 
-class RunFolder:
-    """The run's outputs, local or on S3, and its metrics log."""
-
-    def __init__(self, root: str):
-        self.root = str(root)
-        self.records: list[dict[str, Any]] = []
-
-    def uri(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
-
-    def write(self, rel: str, data: bytes | str) -> str:
-        uri = self.uri(rel)
-        storage.write_bytes(uri, data.encode() if isinstance(data, str) else data)
-        return uri
-
-    def load_metrics(self, up_to_step: int) -> int:
-        """Keep the records up to a checkpoint's step: later ones belong to a lost stretch, whose length
-        in steps (as far as the log saw) is returned."""
-        try:
-            text = storage.read_bytes(self.uri("metrics.jsonl")).decode()
-        except FileNotFoundError:
-            text = ""
-        records = [json.loads(line) for line in text.splitlines()]
-        self.records = [r for r in records if r["step"] <= up_to_step]
-        self.flush()
-        return max([0] + [r["step"] - up_to_step for r in records])
-
-    def log(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if not storage.is_s3(self.root):  # a local log grows line by line; S3 objects are rewritten on flush
-            with open(self.uri("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def flush(self) -> None:
-        self.write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-
-
 class Trainer:
     """Trains one FPA GAN. ``Trainer(config, out).train()`` returns the run's summary."""
 
@@ -123,43 +73,27 @@ class Trainer:
         self.value_range = (float(config.data.range[0]), float(config.data.range[1]))
         self.device = _device(config.device)
         if config.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"precision: bf16 needs a GPU with bfloat16 support, and {self.device} has none; "
-                             "use precision: fp32")
-        if resume_from is None:
-            existing = checkpoint.latest_checkpoints(self.folder.uri("checkpoints"))
-            if existing:
-                raise RunExistsError(f"{out} already holds a run (up to step {existing[-1][0]}); "
-                                     "continue it with --resume, or choose another --out")
-        state = resume_state if resume_state is not None else \
+            raise CannotTrainError(f"precision: bf16 needs a GPU with bfloat16 support, and {self.device} has "
+                                   "none; use precision: fp32")
+        if resume_from is None and self.folder.existing_run() is not None:
+            raise RunExistsError(f"{out} already holds a run (up to step {self.folder.existing_run()}); "
+                                 "continue it with --resume, or choose another --out")
+        saved = resume_state if resume_state is not None else \
             checkpoint.load(resume_from, self.device) if resume_from else None
 
-        # Everything that could fail on bad input comes before any training work.
-        self.data: ImageSet = load_images(config.data.dataset, config.data.resolution)
-        if self.data.skipped:
-            log.warning("%d unreadable images were skipped in %s", self.data.skipped, self.data.source)
-        if len(self.data.images) < 2:
-            raise ValueError(f"{self.data.source} holds {len(self.data.images)} readable image(s); training needs "
-                             "at least 2 (its evaluations compare sets of images)")
-        if state and state["dataset"]["fingerprint"] != self.data.fingerprint:
-            raise ValueError(f"the dataset changed since {resume_from} was written "
-                             f"(fingerprint {state['dataset']['fingerprint'][:12]} then, "
-                             f"{self.data.fingerprint[:12]} now); resume with the original data")
+        self.data = _training_data(config, saved, resume_from)  # every check of the data before any work
         self.evaluator = _evaluator(config, self.device, fid_cache_uri or real_features_uri(out))
 
-        self.base: dict[str, Any] | None = state.get("base") if state else None  # stage unet: the frozen FPA
-        base_state = None  # a new U-Net stage: the base FPA's checkpoint, read once
-        if config.stage == "unet" and state is None:
-            base_state = checkpoint.load(config.base_generator)
-            config, self.base = self._adopt_base(config, base_state)
-            self.cfg = config
-
         _seed_everything(config.seed)
-        self.G = self._generator(config, base_state).to(self.device)
+        stage = build_stage(config, saved)
+        self.cfg = config = stage.config
+        self.base = stage.base  # stage unet: the frozen FPA
+        self.G = stage.generator.to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.D = Discriminator(config.discriminator, image_size=config.data.resolution,
                                channels=config.model.channels).to(self.device)
-        if base_state is not None:
-            self._adopt_base_discriminator(config, base_state)
+        if stage.base_state is not None:
+            adopt_discriminator(self.D, config, stage.base_state)
         if self.device.type == "cpu":
             self.D.to_channels_last()
         betas = (config.optim.beta1, config.optim.beta2)
@@ -172,48 +106,10 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self._pictures: dict[str, str] = {}  # the pictures of the latest evaluation: grid, strip, gif -> uri
         self._picture_bytes: dict[str, bytes] = {}  # the same, encoded
-        if state:
-            self._restore(state, resume_from)
+        if saved:
+            run_folder.restore(self, saved, resume_from)
         else:
-            self.folder.write("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    def _adopt_base(self, config: TrainConfig, state: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
-        """Stage unet: the model section becomes the base FPA's own, the U-Net takes its channels; its FID is
-        kept for comparison."""
-        saved = state["config"]
-        if saved.get("stage", "fpa") != "fpa":
-            raise ValueError(f"base_generator {config.base_generator} is itself a U-Net stage; give an FPA checkpoint")
-        model = from_dict(ModelConfig, saved["model"], f"the model config in {config.base_generator}")
-        if (model.height, model.width) != (config.data.resolution,) * 2:
-            raise ValueError(f"base_generator {config.base_generator} paints {model.height}x{model.width} images, "
-                             f"but data.resolution is {config.data.resolution}; set it to {model.height}")
-        scores = next((e for e in state["evaluations"] if e["step"] == state["step"]), {})
-        base = {"uri": config.base_generator, "step": state["step"], "fid": scores.get("fid"), "kid": scores.get("kid"),
-                **{k: state.get(k) for k in ("fid_backbone", "fid_calibrated", "fid_weights")}}
-        unet = dataclasses.replace(config.unet, channels=model.channels)  # it refines the FPA's own image
-        return dataclasses.replace(config, model=model, unet=unet), base
-
-    def _generator(self, config: TrainConfig, base_state: dict[str, Any] | None) -> torch.nn.Module:
-        if config.stage == "fpa":
-            return FPAGenerator(config.model)
-        if base_state is None:  # a resumed U-Net stage: the frozen FPA's weights are in its checkpoint
-            return RefinedGenerator(FPAGenerator(config.model), build_unet(config.unet))
-        # A new one starts from the base's raw G, as the authors' code (their EMA copy takes G's weights at
-        # its step 2); an exported model has only the EMA weights.
-        raw = "generator" in base_state
-        if not raw:
-            log.info("%s holds only its EMA generator: the U-Net refines that", config.base_generator)
-        fpa = checkpoint.generator_from_state(base_state, ema=not raw, source=config.base_generator)
-        return RefinedGenerator(fpa, build_unet(config.unet))
-
-    def _adopt_base_discriminator(self, config: TrainConfig, base_state: dict[str, Any]) -> None:
-        """A new U-Net stage goes on with the base's trained D, as the authors' code, where the checkpoint
-        has one of the same shape; else D starts anew."""
-        saved = base_state.get("config", {}).get("discriminator")
-        if "discriminator" not in base_state or saved != to_dict(config.discriminator):
-            log.info("%s has no discriminator like this stage's: D starts anew", config.base_generator)
-            return
-        self.D.load_state_dict(base_state["discriminator"])
+            self.folder.write_config(config)
 
     @classmethod
     def resume(cls, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
@@ -228,23 +124,16 @@ class Trainer:
     def from_newest(cls, uris: list[str], out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
         """Continue from the newest of ``uris`` (oldest first) that loads; an unreadable one (truncated by a full
         disk or a kill) is skipped with a warning."""
-        for uri in reversed(uris):
-            try:
-                state = checkpoint.load(uri)
-            except ValueError as e:
-                log.warning("skipping %s: %s", uri, e)
-                continue
-            config = build_config(state["config"], overrides, f"the config saved in {uri}")
-            return cls(config, out, resume_from=uri, resume_state=state, **kwargs)
-        raise ValueError(f"none of the {len(uris)} checkpoints of {out} can be read (see the warnings above); "
-                         "start a new run without --resume")
+        uri, saved = run_folder.newest_readable(uris, out)
+        return cls.from_checkpoint(uri, out, overrides, saved=saved, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, uri: str, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
-        """Continue from any checkpoint (``latest`` or ``best``), writing to ``out``."""
-        state = checkpoint.load(uri)
-        config = build_config(state["config"], overrides, f"the config saved in {uri}")
-        return cls(config, out, resume_from=uri, resume_state=state, **kwargs)
+    def from_checkpoint(cls, uri: str, out: str, overrides: list[str] | dict[str, Any] = (),
+                        saved: dict[str, Any] | None = None, **kwargs) -> Trainer:
+        """Continue from any checkpoint (``latest`` or ``best``; ``saved``: it, loaded), writing to ``out``."""
+        saved = saved if saved is not None else checkpoint.load(uri)
+        config = build_config(saved["config"], overrides, f"the config saved in {uri}")
+        return cls(config, out, resume_from=uri, resume_state=saved, **kwargs)
 
     # -- the training loop --------------------------------------------------------------------------------
 
@@ -291,7 +180,7 @@ class Trainer:
                                         "fid": f"{last['fid']:.2f}" if last else "-",
                                         "kid": f"{last['kid']:.4f}" if last else "-"})
         progress.close()
-        return self._write_summary()
+        return run_folder.write_summary(self)
 
     def _train_step(self) -> dict[str, float]:
         cfg, B, accum = self.cfg, self.cfg.optim.batch_size, self.cfg.optim.grad_accum
@@ -382,7 +271,7 @@ class Trainer:
         self.folder.log({"step": self.step, **scores.to_dict(), "fid_calibrated": self.evaluator.calibrated,
                       "time": round(time.time(), 3)})
         if previous is None or getattr(scores, metric) < previous[metric]:
-            checkpoint.save(self.folder.uri("checkpoints", "best.pt"), self._state())
+            self.folder.save_best(run_folder.state(self))
         best = self.best
         log.info("step %d: %s (best %s %.4g at step %d)", self.step, describe(scores.to_dict(), self.evaluator.label),
                  metric.upper(), best[metric], best["step"])
@@ -405,89 +294,33 @@ class Trainer:
     def _evaluation(self, scores: Scores, losses: dict[str, float], images_per_s: float) -> Evaluation:
         return Evaluation(step=self.step, scores=scores, best=dict(self.best), calibrated=self.evaluator.calibrated,
                           losses=dict(losses), images_per_s=images_per_s, checkpoint=self.last_checkpoint,
-                          best_checkpoint=self.folder.uri("checkpoints", "best.pt"), wall_time_s=self.wall_time_s,
+                          best_checkpoint=self.folder.best_checkpoint, wall_time_s=self.wall_time_s,
                           pictures=self._pictures,
                           picture_bytes=self._picture_bytes)
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "config": to_dict(self.cfg),
-            "generator": self.G.state_dict(),
-            "generator_ema": self.G_ema.state_dict(),
-            "discriminator": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "dataset": {"name": self.data.name, "fingerprint": self.data.fingerprint},
-            "evaluations": [dict(e) for e in self.evaluations],
-            "fid_calibrated": self.evaluator.calibrated,
-            "fid_backbone": self.cfg.fid.backbone,
-            "fid_weights": self.evaluator.weights_sha256,
-            "wall_time_s": self.wall_time_s,
-            **({"base": self.base} if self.base else {}),
-        }
-
     def _save_latest(self) -> None:
-        folder = self.folder.uri("checkpoints")
-        uri = storage.join(folder, checkpoint.latest_name(self.step))
-        checkpoint.save(uri, self._state())
-        self.last_checkpoint = uri  # whole from here on, whatever happens to the pruning below
-        checkpoint.prune_latest(folder, self.cfg.checkpoint.keep)
-        if storage.is_s3(self.folder.root):
-            self.folder.flush()
-
-    def _restore(self, state: dict[str, Any], uri: str) -> None:
-        self.G.load_state_dict(state["generator"])
-        self.G_ema.load_state_dict(state["generator_ema"])
-        self.D.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        for opt, lr in ((self.opt_g, self.cfg.optim.lr), (self.opt_d, self.cfg.optim.lr * self.cfg.optim.d_lr_mult)):
-            for group in opt.param_groups:  # the learning rates may change on resume; the rest is as saved
-                group["lr"] = lr
-        self.step, self.wall_time_s = state["step"], state["wall_time_s"]
-        self.evaluations = [dict(e) for e in state["evaluations"]]
-        self.last_checkpoint = uri
-        checkpoint.set_rng_state(state["rng"])
-        lost = self.folder.load_metrics(up_to_step=self.step)
-        self.folder.log({"step": self.step, "event": "resumed", "from": uri, "lost_steps": lost,
-                      "time": round(time.time(), 3)})
-        self.folder.write("config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        log.info("resumed from %s at step %d (%d logged steps after it are redone)", uri, self.step, lost)
-
-    def _write_summary(self) -> dict[str, Any]:
-        best, final = self.best, self.evaluations[-1] if self.evaluations else None
-        summary = {
-            "out": self.folder.root,
-            "dataset": self.data.name,
-            "steps": self.step,
-            "metric": self.cfg.fid.metric,  # what picked best.pt
-            "best": best,
-            "final": final,
-            "best_fid": best["fid"] if best else None,
-            "best_kid": best["kid"] if best else None,
-            "best_fid_step": best["step"] if best else None,
-            "final_fid": final["fid"] if final else None,
-            "final_kid": final["kid"] if final else None,
-            "fid_calibrated": self.evaluator.calibrated,
-            "fid_backbone": self.cfg.fid.backbone,
-            "fid_weights": self.evaluator.weights_sha256,
-            "evaluations": self.evaluations,
-            "fid_history": [[e["step"], e["fid"]] for e in self.evaluations],
-            "wall_time_s": round(self.wall_time_s, 2),
-            **({"stage": "unet", "base": self.base} if self.base else {}),
-            "checkpoints": {"latest": self.last_checkpoint,
-                            "best": self.folder.uri("checkpoints", "best.pt") if best else None},
-        }
-        self.folder.flush()
-        self.folder.write("summary.json", json.dumps(summary, indent=2))
-        return summary
+        self.last_checkpoint = self.folder.save_latest(self.step, run_folder.state(self))
+        self.folder.tidy(self.cfg.checkpoint.keep)  # the new checkpoint is recorded, whatever happens here
 
 
 def real_features_uri(out: str) -> str | None:
     """Where runs under ``out`` share real features besides the local cache: the bucket's .fpa-cache/fid."""
     return f"s3://{out[len('s3://'):].split('/')[0]}/.fpa-cache/fid" if storage.is_s3(out) else None
+
+
+def _training_data(config: TrainConfig, saved: dict[str, Any] | None, resume_from: str | None) -> ImageSet:
+    """The run's images, once they are known to train: at least two, and those a resumed run trained on."""
+    data = load_images(config.data.dataset, config.data.resolution)
+    if data.skipped:
+        log.warning("%d unreadable images were skipped in %s", data.skipped, data.source)
+    if len(data.images) < 2:
+        raise CannotTrainError(f"{data.source} holds {len(data.images)} readable image(s); training needs at "
+                               "least 2 (its evaluations compare sets of images)")
+    if saved and saved["dataset"]["fingerprint"] != data.fingerprint:
+        raise CannotTrainError(f"the dataset changed since {resume_from} was written (fingerprint "
+                               f"{saved['dataset']['fingerprint'][:12]} then, {data.fingerprint[:12]} now); "
+                               "resume with the original data")
+    return data
 
 
 def prepare_real_features(config: TrainConfig, out: str, device: str = "auto") -> None:
@@ -507,7 +340,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use device: cpu or auto")
+        raise CannotTrainError(f"device {name!r}: this machine has no CUDA GPU; use device: cpu or auto")
     return device
 
 
