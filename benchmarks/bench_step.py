@@ -34,10 +34,14 @@ WORKER = r'''
 import json, statistics, sys, tempfile, time
 import numpy as np, torch
 from unittest import mock
-import fpa_core.train.trainer as trainer_module
+try:  # the layout since the trainer's split; a baseline before it has the flat one
+    import fpa_core.train.trainer as trainer_module
+    from fpa_core.train.config import load_config
+except ImportError:
+    import fpa_core.trainer as trainer_module
+    from fpa_core.train_config import load_config
 from fpa_core import data
 from fpa_core.rules import apply_rule
-from fpa_core.train.config import load_config
 
 name, steps = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)

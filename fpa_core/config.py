@@ -43,17 +43,24 @@ def check(config: T, section: str) -> T:
     return config
 
 
+def read_mapping(text: str, where: str, source: str, expected: str = "field: value") -> dict[str, Any]:
+    """A YAML document that must be a mapping (empty: {}); ConfigError naming ``where`` otherwise."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{where}: not valid YAML ({e})"], source) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError([f"{where}: the top level must be a mapping of {expected}"], source)
+    return data or {}
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"], str(path)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML ({e})"], str(path)) from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of field: value"], str(path))
-    return from_dict(cls, data, str(path))
+    return from_dict(cls, read_mapping(text, str(path), str(path)), str(path))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

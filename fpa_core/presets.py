@@ -1,7 +1,7 @@
 """The paper's best generator per dataset (Table 3), at 64x64 with T = 64.
 
 ``TABLE3_PARAMS_M`` is Table 3's "Gen. Param. Count (M)" row, as printed. Every row but
-afhq-wild matches its stated hyper-parameters; see the README ("Presets and Table 3").
+afhq-wild matches its stated hyper-parameters; see docs/configs.md ("Presets and Table 3").
 """
 
 from __future__ import annotations

@@ -50,9 +50,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from fpa_core.config import ConfigError, field_paths
+from fpa_core.config import ConfigError, field_paths, read_mapping
 from fpa_core.metrics import BACKBONES, METRICS
 from fpa_core.train.config import TrainConfig, packaged_configs
 from sweeps.pruning import PRUNERS
@@ -102,12 +101,7 @@ def load_sweep(name_or_path: str, profile: str | None = None, stage: str = "fpa"
         raise ConfigError([f"{name_or_path!r}: neither a packaged sweep ({', '.join(sweep_names())}) "
                           "nor a YAML file"], "sweep")
     source = f"sweep {name}" + (f" (profile {profile})" if profile else "")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{name_or_path}: not valid YAML ({e})"], source) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{name_or_path}: the top level must be a mapping of {', '.join(_FILE_KEYS)}"], source)
+    data = read_mapping(text, name_or_path, source, ", ".join(_FILE_KEYS))
     spec = _parse(_apply_stage(_apply_profile(data, profile, source), stage, source), name, profile, source)
     if spec.grid is not None:
         logger.info("%s: an ablation of %d cells x %d seeds over base %s on %s", source, len(spec.cells()),

@@ -38,6 +38,10 @@ class TrialTask:
     reported_step: int = 0  # the sweep has the evaluations up to this step: a continued trial reports later ones
     init_from: str | None = None  # a continuation: the other run's checkpoint it starts from
 
+    def __repr__(self) -> str:  # what Ray Tune prints of a trial's config
+        start = f", from {self.init_from}" if self.init_from else ""
+        return f"TrialTask({self.trial_id}, run {self.run_id}, {self.config.steps} steps{start})"
+
     @property
     def out(self) -> str:
         """The trial's run folder."""

@@ -1,4 +1,4 @@
-"""docker-compose.yml read as compose reads it (variable substitution), the READMEs' commands for its head,
+"""docker-compose.yml read as compose reads it (variable substitution), the docs' commands for its head,
 and launch.py's arguments as a process with a given environment makes them out. Shared by the deploy tests."""
 
 from __future__ import annotations
@@ -102,11 +102,11 @@ def referenced_variables(text: str) -> set[str]:
 
 
 def head_commands() -> list[list[str]]:
-    """The commands README.md and deploy/README.md run on the compose stack's head (the same in both): a
+    """The commands README.md and docs/deploy.md run on the compose stack's head (the same in both): a
     script's path (`python` dropped) or a console script, then its arguments."""
     found = {readme: sorted(ln.strip() for ln in (REPO / readme).read_text().splitlines()
-                            if ln.strip().startswith(HEAD_PREFIX)) for readme in ("README.md", "deploy/README.md")}
-    assert found["README.md"] == found["deploy/README.md"], found
+                            if ln.strip().startswith(HEAD_PREFIX)) for readme in ("README.md", "docs/deploy.md")}
+    assert found["README.md"] == found["docs/deploy.md"], found
     commands = [shlex.split(line[len(HEAD_PREFIX):]) for line in found["README.md"]]
     return [c[1:] if c[0] == "python" else c for c in commands]
 

@@ -14,7 +14,7 @@ D64_PARAMS = 12_326_632  # the reference's main.py configuration at 64x64, 3 cha
 D32_PARAMS = 11_114_764
 NARROW = DiscriminatorConfig(fmap_max=64)  # the same layers, narrower: for the tests that train or repeat
 
-# Table 3's "Total Param Count (M)"; afhq-wild's row disagrees with itself (see README).
+# Table 3's "Total Param Count (M)"; afhq-wild's row disagrees with itself (see docs/configs.md).
 TABLE3_TOTAL_M = {"celeba": 26, "metfaces": 232, "afhq-cat": 18, "afhq-dog": 26, "lsun-church": 29}
 
 

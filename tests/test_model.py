@@ -108,7 +108,7 @@ def test_preset_parameter_counts_match_table3(name):
     assert G.config.steps == 64 and (G.config.height, G.config.width) == (64, 64)
     if name == "afhq-wild":
         # Table 3 prints 6 M, but its own row (v2, d_latent 512, d_in 8, d_in' 128, 1 layer of 1024, no
-        # latent-to-init) gives 5.39 M; see the README. We keep the stated hyper-parameters.
+        # latent-to-init) gives 5.39 M; see docs/configs.md. We keep the stated hyper-parameters.
         assert round(count / 1e6) == 5
     else:
         assert round(count / 1e6) == TABLE3_PARAMS_M[name]

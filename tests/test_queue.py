@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _status_command(*args) -> subprocess.CompletedProcess:
-    """sweeps/status.py in a process of its own (Ray reads its token mode once, when it is imported)."""
-    return subprocess.run([sys.executable, "sweeps/status.py", *args], capture_output=True, text=True, timeout=120,
+    """fpa-status in a process of its own (Ray reads its token mode once, when it is imported)."""
+    return subprocess.run([str(Path(sys.executable).parent / "fpa-status"), *args], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
 
 
@@ -32,7 +32,7 @@ def _status(*args) -> dict[str, dict]:
 
 def _jobs(address: str) -> dict[str, str]:
     """Each sweep's newest job status, straight from the job server: what the waits poll (cheap, where a
-    status.py process would take seconds of CPU from the sweeps it waits for)."""
+    fpa-status process would take seconds of CPU from the sweeps it waits for)."""
     status, body = http(f"{address}/api/jobs/", ray_token())
     assert status == 200, body[-500:]
     jobs = sorted(json.loads(body), key=lambda job: job.get("start_time") or 0)

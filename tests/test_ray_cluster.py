@@ -44,10 +44,10 @@ def test_the_ray_cluster_config_validates_against_rays_schema():
     stores = dict(re.findall(rf"^({'|'.join(STORE_VARIABLES)})=(\S+)$", example, re.M))
     assert set(stores) == set(STORE_VARIABLES)
     assert not any(re.search(r"://[^/\s:@]+:[^/\s@]+@", url) for url in stores.values())
-    # deploy/README.md's sweep on this cluster, submitted from a checkout, runs on the head with those stores;
+    # docs/deploy.md's sweep on this cluster, submitted from a checkout, runs on the head with those stores;
     # each trial asks for a GPU, which makes the autoscaler add GPU workers (none is up when it starts).
     prefix = "python sweeps/launch.py "
-    (line,) = [ln.strip() for ln in (REPO / "deploy" / "README.md").read_text().split("## AWS", 1)[1]
+    (line,) = [ln.strip() for ln in (REPO / "docs" / "deploy.md").read_text().split("## AWS", 1)[1]
                .split("\n## ", 1)[0].splitlines() if ln.strip().startswith(prefix)]
     args = launch_args(shlex.split(line[len(prefix):]), stores)
     assert (args.storage, args.tracking_uri, args.optuna_storage) == tuple(stores[name] for name in STORE_VARIABLES)

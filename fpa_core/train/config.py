@@ -10,9 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from fpa_core.config import ConfigError, from_dict, merge, parse_overrides
+from fpa_core.config import ConfigError, from_dict, merge, parse_overrides, read_mapping
 from fpa_core.model_config import DiscriminatorConfig, ModelConfig, UNetConfig
 
 
@@ -219,13 +218,7 @@ def config_dict(name_or_path: str) -> dict[str, Any]:
             raise ConfigError([f"--config {name_or_path!r}: neither a packaged config "
                                f"({', '.join(packaged_configs())}) nor a YAML file"], "config")
         text, source = path.read_text(), str(path)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{source}: not valid YAML ({e})"], source) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: the top level must be a mapping of section: fields"], source)
-    return data
+    return read_mapping(text, source, source, "section: fields")
 
 
 def build_config(data: dict[str, Any], overrides: list[str] | dict[str, Any] = (), source: str = "config") -> TrainConfig:

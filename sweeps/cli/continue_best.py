@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fpa-continue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", required=True, help="the finished sweep whose best trials continue")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of its best trials (by best FID; default 3)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many of its best trials, ranked by the sweep's metric (FID or KID; default 3)")
     parser.add_argument("--steps", type=int, required=True, help="the new step budget of each continuation")
     parser.add_argument("--from", dest="start", choices=("best", "latest"), default="best",
                         help="continue from each trial's best checkpoint (default) or its latest")

@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fpa_core import storage
@@ -143,15 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         _usage_error(parser, SweepError(found))
     from sweeps.driver import run_sweep
 
+    return _drive(parser, lambda: run_sweep(spec, settings), settings.name, settings.folder)
+
+
+def _drive(parser: argparse.ArgumentParser, run: Callable[[], dict], name: str, folder: str) -> int:
+    """Run a sweep to its summary, and its end as an exit code: 0 with a best trial, 1 without one or with its
+    storage lost, 130 interrupted (resumable), 2 when it cannot run as asked. Anything else is a bug."""
     try:
-        summary = run_sweep(spec, settings)
+        summary = run()
     except SweepInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         _usage_error(parser, e)
     except Exception as e:
-        return _lost_storage(e, settings.name, settings.folder)
+        return _lost_storage(e, name, folder)
     return 0 if summary["best"] else 1
 
 
@@ -200,18 +207,10 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: lis
         _usage_error(parser, e)
     from sweeps.driver import resume_sweep
 
-    try:
-        summary = resume_sweep(args.resume, root, tracking_uri=args.tracking_uri,
-                               optuna_storage=args.optuna_storage, address=args.address,
-                               budget_gpu_hours=args.budget_gpu_hours, budget_cpu_hours=args.budget_cpu_hours)
-    except SweepInterrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
-    except USER_ERRORS as e:
-        _usage_error(parser, e)
-    except Exception as e:
-        return _lost_storage(e, args.resume, storage.join(root, args.resume))
-    return 0 if summary["best"] else 1
+    return _drive(parser, lambda: resume_sweep(
+        args.resume, root, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage, address=args.address,
+        budget_gpu_hours=args.budget_gpu_hours, budget_cpu_hours=args.budget_cpu_hours),
+        args.resume, storage.join(root, args.resume))
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
