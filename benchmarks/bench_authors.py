@@ -77,12 +77,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_step import WORKER  # ours: the same worker bench_step.py runs
+
+from fpa_core.train.config import TrainConfig, load_config
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT)]
-
-from bench_step import WORKER  # noqa: E402  (ours: the same worker bench_step.py runs)
-from fpa_core.train.config import TrainConfig, load_config  # noqa: E402
 
 THREADS = r'''
 import os, torch

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from moto_s3 import start_moto
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from moto_s3 import start_moto  # noqa: E402
 
 
 def _kib(field: str) -> int:

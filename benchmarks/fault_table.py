@@ -27,10 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from moto_s3 import start_moto
+
+from fpa_core.config import set_flags
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from moto_s3 import start_moto  # noqa: E402
-from test_faults import TINY  # noqa: E402  (the fault tests' tiny config)
+TINY = set_flags(ROOT / "tests" / "data" / "tiny-run.yaml")  # the fault tests' tiny run
 
 LAST_GOOD = re.compile(r"the last good checkpoint is (\S+?)\. ")
 

@@ -15,13 +15,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import socket
 import urllib.request
 from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import free_port  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start(job_execution: bool, folder: Path) -> tuple[float, int, float]:

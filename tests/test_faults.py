@@ -17,14 +17,9 @@ import pytest
 from conftest import start_moto
 
 from fpa_core import checkpoint
+from fpa_core.config import set_flags
 
-TINY = ["--set", "model.d_latent=16", "--set", "model.d_in=4", "--set", "model.d_in_proj=16", "--set",
-        "model.d_hidden=16", "--set", "model.height=16", "--set", "model.width=16", "--set", "model.steps=4",
-        "--set", "data.resolution=16", "--set", "discriminator.fmap_max=16", "--set",
-        "discriminator.small_head_attention=false", "--set", "discriminator.attn_res_layers=[]", "--set",
-        "optim.batch_size=2", "--set", "fid.dims=64", "--set", "fid.num_images=8", "--set", "fid.batch_size=8",
-        "--set", "pictures.samples=4", "--set", "pictures.paintings=1", "--set", "checkpoint.every=2",
-        "--set", "log_every=1"]
+TINY = set_flags(Path(__file__).parent / "data" / "tiny-run.yaml")
 STEPS = 60
 LAST_GOOD = re.compile(r"the last good checkpoint is (\S+?)\. ")
 
