@@ -93,13 +93,51 @@ def connect(settings: SweepSettings) -> dict[str, float]:
         # Without --address: the cluster a Ray Job runs on (RAY_ADDRESS), else a new local Ray; never a
         # cluster that some `ray start` on this machine left behind.
         address = settings.address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
+        with _ray_processes_in_a_group_of_their_own():
+            ray.init(address=address, include_dashboard=False, configure_logging=False)
     gpus = settings.gpus_per_trial
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     resources = trial_resources(settings.cpus_per_trial, gpus)
     log.info("Ray cluster: %s; each trial takes %s", describe_resources(ray.cluster_resources()), resources)
     return resources
+
+
+@contextlib.contextmanager
+def _ray_processes_in_a_group_of_their_own():
+    """A local Ray's GCS, raylet and agents start in a process group of their own, not in the driver's.
+
+    Slurm's scancel, systemd's stop and `timeout` send SIGTERM to every process of the job's group. Had the GCS
+    been in it, it would die first, and the driver would hang a minute waiting for it, then abort without its
+    --resume hint, leaving its trials RUNNING. Out of the group, only the driver gets the signal; it stops the
+    trials as on Ctrl-C (``_sigterm_as_ctrl_c``) and shuts the processes down itself. They still die with the
+    driver if it is killed: Ray starts them with the kernel's parent-death signal. (Ray has no setting for it:
+    its processes are started by ``ray._private.services.start_ray_process`` through ``ConsolePopen``.)"""
+    from ray._private import services
+
+    plain = services.ConsolePopen
+
+    class OwnGroup(plain):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroup
+    try:
+        yield
+    finally:
+        services.ConsolePopen = plain
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """Ray Tune's "Resume experiment with: Tuner.restore(...)" on an interrupt points at the wrong command: a
+    sweep resumes with ``python sweeps/launch.py --resume NAME``, which the driver prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
 
 
 def _keep_credentials_out_of_runtime_envs() -> None:

@@ -230,29 +230,37 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
 
 
-def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path, image_folder, local_ray):
-    """SIGTERM (a scheduler, docker stop, Kubernetes) is turned into Ctrl-C: Ray saves the experiment, the
-    driver exits 130 with the --resume hint, and --resume finishes every trial."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_a_sweep_and_it_resumes(tmp_path, image_folder, local_ray, signum):
+    """SIGTERM to the job's whole process group (Slurm's scancel, systemd's stop, `timeout`, docker stop) and
+    SIGINT to it (a terminal's Ctrl-C) end the sweep as Ctrl-C to the driver does: the local Ray's processes are
+    out of the group and live on until the driver has stopped the trials; it exits 130 with the --resume hint
+    (and not Ray Tune's Tuner.restore one), and --resume finishes every trial."""
     sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
     storage, tracking = tmp_path / "out", tracking_db(tmp_path)
     common = ["--storage", str(storage), "--tracking-uri", tracking]
     root = storage / "interrupted"
     driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "interrupted",
                                "--num-trials", "2", "--pruner", "none", *common],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own group, as a job's: the signal spares pytest
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
             if any(max(_logged_steps(f), default=0) >= 4 for f in _trial_folders(root)):
                 break
             time.sleep(0.2)
-        driver.send_signal(signal.SIGTERM)  # as Ctrl-C: Ray saves the experiment and returns
+        signalled = time.monotonic()
+        os.killpg(driver.pid, signum)  # every process of the group, as a scheduler sends it
         _, stderr = driver.communicate(timeout=120)
+        stopped_in = time.monotonic() - signalled
     finally:
         if driver.poll() is None:
-            driver.kill()
+            os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, stderr[-3000:]
     assert "--resume interrupted" in stderr and not (root / "summary.json").exists()
+    assert "Tuner.restore" not in stderr and "Failed to connect to GCS" not in stderr
+    assert stopped_in < 60, stopped_in  # not the minute a driver waits for a GCS that died
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{root / 'optuna.db'}")
     assert {t.state.name for t in study.trials} <= {"RUNNING", "COMPLETE"}  # nothing failed by the interrupt
 

@@ -39,6 +39,9 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
 
     client, parent, runs = child_runs(s.tracking_uri, summary)
     assert parent.info.status == "FINISHED" and len(runs) == 4
+    # The link the sweep prints opens the experiment on its training runs, not MLflow 3's GenAI view.
+    assert summary["mlflow_url"] == (f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}"
+                                     "?workflowType=machine_learning")
     assert {r.info.run_id for r in runs} == {t["run_id"] for t in summary["trials"]}
     run = client.get_run(best["run_id"])
     assert run.data.params["model.d_hidden"] == str(best["config"]["model"]["d_hidden"])
