@@ -16,7 +16,7 @@ from fpa_core import checkpoint, storage
 from fpa_core.config import flatten, to_dict
 from fpa_core.metrics.weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
 from fpa_core.unet import fpa_of
-from sweeps import ablation, preflight, ray_tune
+from sweeps import ablation, preflight, ray_tune, simulation
 from sweeps.registry import download_model, model_name
 from sweeps.space import SweepSpec
 from sweeps.sweep_file import spec_from_dict
@@ -42,7 +42,9 @@ def run_sweep(spec: SweepSpec, settings: SweepSettings) -> dict[str, Any]:
     found = preflight.problems(spec, settings)
     if found:
         raise SweepError(found)
-    spec = _resolve_fid_backbone(spec).with_fixed({"fid": {"metric": settings.metric}})
+    if not settings.simulate:  # a simulated trial computes no score: it needs no Inception weights
+        spec = _resolve_fid_backbone(spec)
+    spec = spec.with_fixed({"fid": {"metric": settings.metric}})
     resources = ray_tune.connect(settings)
     _check_budget(settings, resources)
     base = None
@@ -114,7 +116,8 @@ def _run(spec: SweepSpec, settings: SweepSettings, resources: dict[str, float], 
             raise SweepError(f"sweep {settings.name} has no parent run in the MLflow store "
                              f"{redact(settings.tracking_uri)}; pass the --tracking-uri it ran with")
     else:
-        parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict())
+        parent_id = tracker.start_sweep(settings, spec.dataset, resources, spec.to_dict(),
+                                        {"fpa.simulated": settings.simulate} if settings.simulate else None)
         if base is not None and base["fid"] is not None:  # the FPA's FID beside the U-Net's
             tracker.log_metric(parent_id, "base_fid", base["fid"], base["step"])
     store = open_store(settings)
@@ -122,8 +125,10 @@ def _run(spec: SweepSpec, settings: SweepSettings, resources: dict[str, float], 
     if digest is not None:
         keep_record_digest(study, digest)
 
-    ray_tune.prepare_real_features(config, settings, resources)
-    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings, resources, config)
+    if not settings.simulate:  # the real images' features, once for every trial
+        ray_tune.prepare_real_features(config, settings, resources)
+    bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings, resources, config,
+                          simulation.simulator(settings, settings.storage))
     if resume:
         bridge.reconcile()  # the sweep so far, as its study holds it
     with driving(study, resources):  # the study names this driver while it runs, and sums the drivers' time
@@ -152,6 +157,9 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
     a new MLflow child run linked to the trial's own (tag and param ``fpa.continues_run``)."""
     finished = read_summary(storage_root, sweep)
     saved = read_record(storage_root, sweep)
+    if finished.get("simulated"):
+        raise SweepError(f"sweep {sweep} was simulated (--simulate {finished['simulated']['source']}): its trials "
+                         "trained nothing, and have no checkpoints to continue from")
     metric = finished["metric"]
     ranked = sorted((t for t in finished["trials"] if t["best_value"] is not None), key=lambda t: t["best_value"])
     if not ranked:
@@ -261,6 +269,8 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(settings.tracking_uri),
             "parent_run_id": bridge.parent_id, "metric": bridge.metric, "fid_calibrated": calibrated,
             "settings": settings.public(),
+            "simulated": {"source": settings.simulate, "step_seconds": settings.step_seconds}
+            if settings.simulate else None,
             "stage": settings.stage, "base": base, "best": best, "trials": trials}
 
 
@@ -294,6 +304,9 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")
+    if summary.get("simulated"):
+        print(f"\nSIMULATED (--simulate {summary['simulated']['source']}): no trial trained; every score above is "
+              "replayed, not measured")
     cost = summary["cost"]
     print(f"\ncost: {cost['trial_hours']:.3g} trial-hours, {cost['gpu_hours']:.3g} GPU-hours, {cost['cpu_hours']:.3g} "
           f"CPU-hours; {cost['wall_hours']:.3g} h wall time")

@@ -52,7 +52,7 @@ def sweep_row(name: str, record: dict[str, Any] | None, summary: dict[str, Any] 
     row: dict[str, Any] = {"name": name, "state": "unknown", "trials_done": 0,
                            "trials_total": settings.get("num_trials"), "best_fid": None, "best_kid": None,
                            "wall_hours": None, "gpu_hours": None, "cpu_hours": None, "driver": None,
-                           "job": job}
+                           "job": job, "simulated": settings.get("simulate")}
     if summary is not None:
         best, cost = summary.get("best") or {}, summary.get("cost") or {}
         row.update(state="finished", trials_done=sum(t["state"] in ENDED for t in summary["trials"]),
@@ -120,7 +120,7 @@ def table(rows: list[dict[str, Any]], width: int = 100) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     head = ("sweep", "state", "trials", "best FID", "best KID", "wall h", "GPU h", "CPU h")
-    lines = [(r["name"], r["state"], f"{r['trials_done']}/{r['trials_total'] if r['trials_total'] else '?'}",
+    lines = [(r["name"], r["state"] + (" (simulated)" if r.get("simulated") else ""), f"{r['trials_done']}/{r['trials_total'] if r['trials_total'] else '?'}",
               number(r["best_fid"], 2), number(r["best_kid"], 4), number(r["wall_hours"], 2),
               number(r["gpu_hours"], 2), number(r["cpu_hours"], 2)) for r in rows]
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]

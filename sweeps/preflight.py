@@ -3,7 +3,8 @@
 ``problems(spec, settings)`` returns every problem of a new sweep, each naming what is wrong and the fix:
 
     the name      the storage does not hold a sweep of that name already
-    the dataset   it is where its name or path says, and holds images (none is decoded)
+    the dataset   it is where its name or path says, and holds images (none is decoded); a simulated sweep's
+                  curves instead (``--simulate model`` or a finished sweep)
     the stores    the storage, MLflow's tracking URI and Optuna's database answer, or their folders are writable
     the flags     a U-Net stage's --base checkpoint exists; a GPU budget goes with trials that take GPUs
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from fpa_core import storage
 from fpa_core.data import DatasetNotFoundError, check_dataset
+from sweeps.simulation import source_problem
 from sweeps.space import SweepSpec
 from sweeps.sweep import SweepSettings, redact, sweep_exists
 
@@ -31,10 +33,16 @@ def problems(spec: SweepSpec, settings: SweepSettings) -> list[str]:
     if sweep_exists(settings.storage, settings.name):
         found.append(f"{settings.folder} already holds a sweep named {settings.name}: continue it with --resume "
                      f"{settings.name}, or choose another --name")
-    try:
-        check_dataset(spec.dataset)
-    except (DatasetNotFoundError, ValueError, ImportError) as e:
-        found.append(str(e))
+    if settings.simulate:  # a simulated sweep reads no image: the curves are its data
+        problem = source_problem(settings.simulate, settings.storage)
+        found += [problem] if problem else []
+        if settings.stage == "unet":
+            found.append("--simulate with --stage unet: a simulated sweep trains no generator for a U-Net to refine")
+    else:
+        try:
+            check_dataset(spec.dataset)
+        except (DatasetNotFoundError, ValueError, ImportError) as e:
+            found.append(str(e))
     found += store_problems(settings)
     base = settings.base
     if settings.stage == "unet" and base and base != "champion" and not base.startswith("models:/") \

@@ -22,6 +22,7 @@ from fpa_core import storage
 from fpa_core.config import to_dict
 from fpa_core.train.config import TrainConfig, build_config
 from fpa_core.train.trainer import prepare_real_features as _prepare_features
+from sweeps.simulated_trial import run_simulated_trial
 from sweeps.sweep import SweepSettings
 from sweeps.trainable import run_trial, trial_resources
 from sweeps.trials import TrialBook
@@ -160,7 +161,7 @@ def run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str, 
     if num_trials <= 0:
         return
     _keep_slots_busy(settings, resources)
-    trainable = tune.with_resources(run_trial, resources)
+    trainable = tune.with_resources(run_simulated_trial if settings.simulate else run_trial, resources)
     tuner = _tuner(settings, trainable, bridge, num_trials)
     with _sigterm_as_ctrl_c():
         tuner.fit()

@@ -82,6 +82,10 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
     ``force``. ``evaluate``: score it first as the paper did (fpa_core.evaluate, that many images), not by the
     scores its run logged."""
     client = MlflowClient(tracking_uri or resolve_tracking_uri())
+    simulated = client.get_run(run_id).data.tags.get("fpa.simulated")
+    if simulated:  # a replayed curve is no result: it never becomes a registered model, let alone a champion
+        raise ValueError(f"run {run_id} is a simulated trial (--simulate {simulated}): it trained nothing and is "
+                         "never promoted; promote a trial of a real sweep")
     state = checkpoint.load(checkpoint_uri)
     config, step = state["config"], int(state["step"])
     metric = config["fid"].get("metric", "fid")

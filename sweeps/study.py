@@ -28,7 +28,7 @@ from sweeps.space import SweepSpec
 from sweeps.overview import DRIVER, DRIVER_SECONDS, RESOURCES, SWEEP_STATES
 from sweeps.sweep import SweepError, SweepSettings, redact
 from sweeps.tracking import SweepTracker
-from sweeps.trials import TrialBook, TrialRecord, TrialTask, trial_name, usage
+from sweeps.trials import Simulator, TrialBook, TrialRecord, TrialTask, trial_name, usage
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ class OptunaBridge(TrialBook):
 
     def __init__(self, spec: SweepSpec, study: optuna.Study, store: optuna.storages.BaseStorage,
                  tracker: SweepTracker, parent_id: str, settings: SweepSettings, resources: dict[str, float],
-                 config: TrainConfig):
+                 config: TrainConfig, simulator: Simulator | None = None):
         """``store``: the study's storage; ``config``: the spec's trial config without sampled parameters;
         ``resources``: what each trial takes. No new trial starts once the trials have used the settings'
         budget of GPU-hours (or CPU-hours)."""
         self.spec, self.study, self.store = spec, study, store
         self.tracker, self.parent_id, self.sweep = tracker, parent_id, settings.name
-        self.settings, self.resources = settings, resources
+        self.settings, self.resources, self.simulator = settings, resources, simulator
         self.records: dict[str, TrialRecord] = {}
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
@@ -175,8 +175,10 @@ class OptunaBridge(TrialBook):
         return record
 
     def _child_run(self, name: str, config: TrainConfig, number: int) -> str:
-        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(config),
-                                      tags={"fpa.optuna_trial": str(number)})
+        tags = {"fpa.optuna_trial": str(number)}
+        if self.settings.simulate:
+            tags["fpa.simulated"] = self.settings.simulate
+        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(config), tags=tags)
 
     def _orphan(self) -> TrialRecord | None:
         """A running trial that no Ray trial holds: one that a resumed sweep's previous driver left unfinished."""

@@ -49,6 +49,8 @@ class SweepSettings:
     stage: str = "fpa"  # fpa, or unet: a U-Net on the frozen FPA of ``base``
     metric: str = "fid"  # what the study minimises and prunes on (fid.metric of every trial)
     base: str | None = None  # stage unet: champion, models:/NAME@ALIAS or /NAME/VERSION, or a checkpoint
+    simulate: str | None = None  # a simulated sweep's curves: model, or a finished sweep (sweeps.simulation)
+    step_seconds: float = 0.001  # a simulated trial's seconds a training step
 
     @property
     def folder(self) -> str:

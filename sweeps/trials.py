@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from fpa_core.metrics import SCORES, best_evaluation
 from fpa_core.train.config import TrainConfig
+from sweeps.simulation import Simulation
 from sweeps.sweep import SweepSettings, trial_folder
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,12 @@ class TrialTask:
     gpus: float = 0.0  # its GPUs; a fraction (four trials to a GPU) caps its share of the GPU's memory
     reported_step: int = 0  # the sweep has the evaluations up to this step: a continued trial reports later ones
     init_from: str | None = None  # a continuation: the other run's checkpoint it starts from
+    simulation: Simulation | None = None  # a simulated trial: the curve it replays instead of training
 
     def __repr__(self) -> str:  # what Ray Tune prints of a trial's config
         start = f", from {self.init_from}" if self.init_from else ""
-        return f"TrialTask({self.trial_id}, run {self.run_id}, {self.config.steps} steps{start})"
+        simulated = f", simulated ({self.simulation.source})" if self.simulation else ""
+        return f"TrialTask({self.trial_id}, run {self.run_id}, {self.config.steps} steps{start}{simulated})"
 
     @property
     def out(self) -> str:
@@ -54,6 +57,12 @@ class TrialTask:
     @staticmethod
     def from_ray(config: dict[str, Any]) -> TrialTask:
         return config["task"]
+
+
+class Simulator(Protocol):
+    """A simulated sweep's curves: sweeps.simulation.Replay or CurveModel."""
+
+    def simulation(self, params: dict[str, Any], config: TrainConfig, step_seconds: float) -> Simulation: ...
 
 
 class TrialListener(Protocol):
@@ -133,6 +142,7 @@ class TrialBook:
     parent_id: str  # the sweep's MLflow run
     settings: SweepSettings  # where trials write, what each takes
     resources: dict[str, float]  # what each trial takes: {"cpu": 1, "gpu": 0.25}
+    simulator: Simulator | None = None  # a simulated sweep's curves (sweeps.simulation)
     records: dict[str, TrialRecord]
     best: tuple[float, str] | None  # (value of the metric, trial) of the best evaluation so far
     reports: int  # evaluations seen: the step of the parent run's best-so-far curve, which only ever falls
@@ -147,7 +157,9 @@ class TrialBook:
                          sweep_folder=self.settings.folder, tracking_uri=self.settings.tracking_uri,
                          threads=max(1, int(self.resources.get("cpu", 1))), gpus=self.resources.get("gpu", 0.0),
                          reported_step=max((e["step"] for e in record.evaluations), default=0),
-                         init_from=record.init_from)
+                         init_from=record.init_from,
+                         simulation=self.simulator.simulation(record.params, record.config, self.settings.step_seconds)
+                         if self.simulator else None)
 
     def report(self, ray_trial_id: str, result: dict[str, Any]) -> bool:
         """Take a result a trial reported; True when the trial stops now."""

@@ -230,28 +230,27 @@ def test_a_new_bridge_takes_up_trials_the_dead_driver_left(tmp_path, image_folde
     assert len(children) == 5 and {r.info.status for r in children} == {"FINISHED", "FAILED"}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_the_whole_process_group_stops_a_sweep_and_it_resumes(tmp_path, image_folder, local_ray, signum):
-    """SIGTERM to the job's whole process group (Slurm's scancel, systemd's stop, `timeout`, docker stop) and
-    SIGINT to it (a terminal's Ctrl-C) end the sweep as Ctrl-C to the driver does: the local Ray's processes are
-    out of the group and live on until the driver has stopped the trials; it exits 130 with the --resume hint
-    (and not Ray Tune's Tuner.restore one), and --resume finishes every trial."""
-    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
-    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
-    common = ["--storage", str(storage), "--tracking-uri", tracking]
-    root = storage / "interrupted"
-    driver = subprocess.Popen([sys.executable, "sweeps/launch.py", "--dataset", sweep, "--name", "interrupted",
-                               "--num-trials", "2", "--pruner", "none", *common],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+def _trained_since_resumed(folder: Path) -> bool:
+    """Whether a trial has logged a training step since its run folder was last resumed."""
+    path = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    resumed = [i for i, r in enumerate(records) if r.get("event") == "resumed"]
+    return bool(resumed) and any("d_loss" in r for r in records[resumed[-1] + 1:])
+
+
+def _interrupt_group(command: list[str], root: Path, signum: int, ready) -> str:
+    """Run a sweep command as a job of its own process group, send ``signum`` to the whole group once ``ready(a
+    trial's folder)`` holds, and return its stderr once it has ended (asserting that it ended as on Ctrl-C)."""
+    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)  # its own group, as a job's: the signal spares pytest
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            if any(max(_logged_steps(f), default=0) >= 4 for f in _trial_folders(root)):
+            if any(ready(f) for f in _trial_folders(root)):
                 break
             time.sleep(0.2)
         signalled = time.monotonic()
-        os.killpg(driver.pid, signum)  # every process of the group, as a scheduler sends it
+        os.killpg(driver.pid, signum)  # every process of the group, as a scheduler or a terminal sends it
         _, stderr = driver.communicate(timeout=120)
         stopped_in = time.monotonic() - signalled
     finally:
@@ -261,8 +260,24 @@ def test_a_signal_to_the_whole_process_group_stops_a_sweep_and_it_resumes(tmp_pa
     assert "--resume interrupted" in stderr and not (root / "summary.json").exists()
     assert "Tuner.restore" not in stderr and "Failed to connect to GCS" not in stderr
     assert stopped_in < 60, stopped_in  # not the minute a driver waits for a GCS that died
+    return stderr
+
+
+def test_a_signal_to_the_whole_process_group_stops_a_sweep_and_it_resumes(tmp_path, image_folder, local_ray):
+    """SIGINT to the job's whole process group (a terminal's Ctrl-C), and SIGTERM to it (Slurm's scancel,
+    systemd's stop, `timeout`, docker stop), end the sweep as Ctrl-C to the driver does: the local Ray's
+    processes are out of the group and live on until the driver has stopped the trials; it exits 130 with the
+    --resume hint (and not Ray Tune's Tuner.restore one), and --resume finishes every trial."""
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=9)
+    storage, tracking = tmp_path / "out", tracking_db(tmp_path)
+    common = ["--storage", str(storage), "--tracking-uri", tracking]
+    root = storage / "interrupted"
+    launch = [sys.executable, "sweeps/launch.py"]
+    _interrupt_group([*launch, "--dataset", sweep, "--name", "interrupted", "--num-trials", "2", "--pruner", "none",
+                      *common], root, signal.SIGINT, lambda f: max(_logged_steps(f), default=0) >= 4)
+    _interrupt_group([*launch, "--resume", "interrupted", *common], root, signal.SIGTERM, _trained_since_resumed)
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{root / 'optuna.db'}")
-    assert {t.state.name for t in study.trials} <= {"RUNNING", "COMPLETE"}  # nothing failed by the interrupt
+    assert {t.state.name for t in study.trials} <= {"RUNNING", "COMPLETE"}  # nothing failed by the interrupts
 
     # Whoever can write the storage cannot run code through it: Ray's pickles there are never read ...
     planted = sorted(root.rglob("*.pkl"))

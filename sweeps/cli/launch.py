@@ -41,7 +41,8 @@ RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "
                 ("--gpus-per-trial", "gpus_per_trial"), ("--pruner", "pruner"),
                 ("--warmup", "warmup"), ("--patience", "patience"), ("--seed", "seed"), ("--set", "overrides"),
                 ("--stage", "stage"),
-                ("--base", "base"), ("--metric", "metric")]
+                ("--base", "base"), ("--metric", "metric"), ("--simulate", "simulate"),
+                ("--step-seconds", "step_seconds")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-trials", type=int, help="trials to run (default: the sweep file's, else 20)")
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial takes (default 1)")
+    p.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs each trial takes (default 1; a simulated trial 1/16, as it only sleeps)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial takes (default: 1 if the cluster has "
                                                         "GPUs now, else 0; 1 makes an autoscaler add GPU nodes)")
     p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: the sweep file's, else median)")
@@ -90,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--or-resume", action="store_true",
                    help="with --name: when the storage already holds that sweep, resume it (as --resume NAME) instead "
                         "of refusing; what a RayJob that Kueue preempted and brought back runs")
+    p.add_argument("--simulate", metavar="SOURCE",
+                   help="everything real but the training: each trial replays a learning curve, from model (the "
+                        "fitted curve model) or a finished sweep's trials; to size a cluster, tune a pruner or "
+                        "rehearse a deploy without GPUs. Labelled simulated everywhere")
+    p.add_argument("--step-seconds", type=float, metavar="S",
+                   help="with --simulate: the seconds a simulated training step takes (default 0.001)")
     p.add_argument("--submit", metavar="URL", help="run the sweep as a Ray Job on the cluster at URL (:8265)")
     p.add_argument("--detach", action="store_true", help="with --submit: return at once with the job id")
     return p
@@ -133,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = new_settings(
         name, storage=args.storage, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage,
         num_trials=_first(args.num_trials, spec.num_trials, 20), max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures, cpus_per_trial=_first(args.cpus_per_trial, 1 / 16 if args.simulate else 1.0),
+        gpus_per_trial=args.gpus_per_trial, simulate=args.simulate,
+        step_seconds=_first(args.step_seconds, 0.001),
         pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1),
         patience=_first(args.patience, spec.patience), budget_gpu_hours=args.budget_gpu_hours,
         budget_cpu_hours=args.budget_cpu_hours, seed=args.seed, address=args.address, profile=args.profile,
@@ -226,8 +236,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--budget-gpu-hours", args.budget_gpu_hours), ("--budget-cpu-hours", args.budget_cpu_hours)):
         if value is not None and not value > 0:
             problems.append(f"{flag} must be positive, got {value}")
-    if args.cpus_per_trial <= 0:
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         problems.append(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.step_seconds is not None and (args.step_seconds < 0 or not args.simulate):
+        problems.append(f"--step-seconds {args.step_seconds}: " + ("goes with --simulate SOURCE" if not args.simulate
+                                                                   else "must be 0 or more"))
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         problems.append(f"--gpus-per-trial must be 0 or more, got {args.gpus_per_trial}")
     if args.base and args.stage != "unet":

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         if summary is not None:
+            if summary.get("simulated"):
+                parser.exit(2, f"{parser.prog}: error: sweep {args.sweep} was simulated (--simulate "
+                               f"{summary['simulated']['source']}): its trials trained nothing and are never "
+                               "promoted\n")
             if not summary.get("best"):
                 print(f"nothing to promote: no trial of sweep {args.sweep} reached an FID evaluation")
                 return 0
