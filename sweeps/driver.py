@@ -265,7 +265,7 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
         best = {"trial_id": winner.trial_id, "value": winner.best_value, "fid": winner.best.get("fid"),
                 "kid": winner.best.get("kid"), "step": winner.best["step"], "run_id": winner.run_id,
                 "params": winner.params, "config": to_dict(winner.config),
-                "checkpoint": storage.join(trial_out, "checkpoints", "best.pt")}
+                "checkpoint": None if settings.simulate else storage.join(trial_out, "checkpoints", "best.pt")}
     return {"name": settings.name, "dataset": spec.dataset, "tracking_uri": redact(settings.tracking_uri),
             "parent_run_id": bridge.parent_id, "metric": bridge.metric, "fid_calibrated": calibrated,
             "settings": settings.public(),
@@ -300,7 +300,7 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
         best = summary["best"]
         kid = "-" if best["kid"] is None else f"{best['kid']:.4f}"
         print(f"\nbest by {summary['metric'].upper()}: {best['trial_id']} at step {best['step']}, {label} "
-              f"{best['fid']:.3f}, KID {kid}, checkpoint {best['checkpoint']}")
+              f"{best['fid']:.3f}, KID {kid}" + (f", checkpoint {best['checkpoint']}" if best["checkpoint"] else ""))
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")

@@ -32,13 +32,13 @@ def run_promote(*args):
     return run_main(promote_main, *args)  # in this process: MLflow is imported once
 
 
-def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
-    sweep = sweep_file(tmp_path, "digits", {"model.d_hidden": [8, 16]})
+def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, image_folder, local_ray):
+    sweep = sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]})  # its real features take a second
     s = settings(tmp_path, num_trials=2)
     summary = run_sweep(load_sweep(sweep), s)
     flags = ["--storage", s.storage, "--tracking-uri", s.tracking_uri]
     name = model_name(summary["dataset"])
-    assert name == "fpa-digits"
+    assert name == f"fpa-{image_folder.name}"  # a dataset given as a folder is named after it
     client = MlflowClient(s.tracking_uri)
 
     first = run_promote("--sweep", s.name, *flags)
@@ -79,7 +79,7 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, local_ray):
     assert {p.name for p in (tmp_path / "pictures").iterdir()} == {"grid.png", "painting.png", "painting.gif"}
 
     # A U-Net stage on the champion: its FIDs beside the base's, and it is promotable.
-    unet_sweep = load_sweep(sweep_file(tmp_path, "digits", {"unet.dim": [4, 8]}, **{
+    unet_sweep = load_sweep(sweep_file(tmp_path, image_folder, {"unet.dim": [4, 8]}, **{
         "unet.dim_mults": [1, 2, 2], "unet.groups": 4, "unet.blocks": 1}))
     u = SweepSettings(**{**settings(tmp_path, num_trials=1).__dict__, "stage": "unet", "base": "champion"})
     refined = run_sweep(unet_sweep, u)

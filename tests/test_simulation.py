@@ -70,6 +70,7 @@ def test_a_simulated_sweep_runs_through_the_real_service_labelled_and_is_never_p
     folder = tmp_path / "out" / "sim"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["simulated"] == {"source": "model", "step_seconds": 0.01}
+    assert summary["best"]["checkpoint"] is None  # a replayed curve leaves no generator behind
     assert len(summary["trials"]) == 12 and {t["state"] for t in summary["trials"]} <= {"COMPLETE", "PRUNED"}
     assert "PRUNED" in {t["state"] for t in summary["trials"]}  # the real pruner decided on the replayed curves
     assert not (folder / "trials").exists() or not list((folder / "trials").rglob("*.pt"))  # nothing trained

@@ -259,7 +259,8 @@ def test_four_trials_share_one_logical_gpu_each_capped_at_its_share(tmp_path, im
     own_ray()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, configure_logging=False)
     try:
-        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=24, log_every=1))
+        spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}, steps=24, log_every=1,
+                                     **{"fid.every": 12, "checkpoint.every": 12}))  # two evaluations, not eight
         summary = run_sweep(spec, settings(tmp_path, num_trials=4, gpus_per_trial=0.25, pruner="none"))
     finally:
         ray.shutdown()
