@@ -251,10 +251,9 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
              base: dict[str, Any] | None = None) -> dict[str, Any]:
     trials = []
     for record in sorted(bridge.records.values(), key=lambda r: r.number):
-        best = record.best or {}
         trials.append({"trial_id": record.trial_id, "optuna_trial": record.number, "state": record.state,
                        "steps": record.steps, "best_value": record.best_value, "best": record.best,
-                       "run_id": record.run_id, "params": record.params, "fids": record.fids,
+                       "run_id": record.run_id, "params": record.params,
                        "evaluations": record.evaluations, "error": record.error, "seconds": record.seconds,
                        **record.placement})
     finished = [r for r in bridge.records.values() if r.best is not None and r.state in ("COMPLETE", "PRUNED")]

@@ -99,15 +99,6 @@ class TrialRecord:
     def best_value(self) -> float | None:
         return self.best[self.metric] if self.best else None
 
-    @property
-    def best_fid(self) -> float | None:
-        """The FID of the best evaluation (the lowest FID when the metric is FID)."""
-        return self.best.get("fid") if self.best else None
-
-    @property
-    def fids(self) -> list[list[float]]:
-        return [[e["step"], e["fid"]] for e in self.evaluations if e.get("fid") is not None]
-
     def note(self, result: dict[str, Any]) -> None:
         """Take a reported result: the step reached, the scores at that step (once), where the trial ran."""
         step = int(result.get("step", self.steps))

@@ -160,7 +160,7 @@ def test_the_best_trials_continue_to_a_larger_budget_in_linked_runs(tmp_path, im
     for trial in ranked:
         continued = by_name[trial["trial_id"]]
         assert continued["state"] == "COMPLETE" and continued["steps"] == 9
-        assert [step for step, _ in continued["fids"]][-1] == 9 and continued["run_id"] != trial["run_id"]
+        assert [e["step"] for e in continued["evaluations"]][-1] == 9 and continued["run_id"] != trial["run_id"]
         run = client.get_run(continued["run_id"])
         assert run.data.tags["fpa.continues_run"] == trial["run_id"]
         assert run.data.params["fpa.continues_run"] == trial["run_id"]

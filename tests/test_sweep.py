@@ -76,7 +76,7 @@ def test_the_pruner_stops_a_clearly_worse_trial(tmp_path, image_folder, local_ra
     summary = run_sweep(spec, SweepSettings(**{**s.__dict__, "optuna_storage": storage_url}))
 
     bad = next(t for t in summary["trials"] if t["params"]["optim.lr"] == 1.0e-6)
-    assert bad["state"] == "PRUNED" and bad["steps"] == 6, [(t["params"], t["fids"]) for t in summary["trials"]]
+    assert bad["state"] == "PRUNED" and bad["steps"] == 6, [(t["params"], t["evaluations"]) for t in summary["trials"]]
     assert [t["state"] for t in summary["trials"] if t["params"]["optim.lr"] == 0.05] == ["COMPLETE"] * 2
     trials = optuna.load_study(study_name=s.name, storage=storage_url).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "PRUNED"]
@@ -128,7 +128,7 @@ def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run(tmp_path, i
     # Every evaluation is reported once: one that the dead process wrote into its checkpoint but had not
     # reported yet is reported when the trial restarts from that checkpoint.
     evaluations = [3, 6, 9, 12, 15]
-    assert [step for step, _ in trial["fids"]] == evaluations
+    assert [e["step"] for e in trial["evaluations"]] == evaluations
     client, _, runs = child_runs(s.tracking_uri, summary)
     assert len(runs) == 1 and runs[0].info.run_id == trial["run_id"]  # the restart logged into the same run
     assert sorted({m.step for m in client.get_metric_history(trial["run_id"], "fid")}) == evaluations
