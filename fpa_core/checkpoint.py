@@ -93,6 +93,14 @@ def generator_only(state: dict[str, Any]) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, **{key: state[key] for key in EXPORTED if key in state}}
 
 
+def trimmed(state: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep keeps of a trial outside its best few (``--keep-full``): the exported generator and the raw
+    G (what a U-Net stage starts from), marked ``trimmed``. It loads, paints, evaluates and promotes like the
+    full checkpoint; a run cannot continue from it (no D, optimisers or RNG states)."""
+    return {**generator_only(state), **({"generator": state["generator"]} if "generator" in state else {}),
+            "trimmed": True}
+
+
 def stage_base(state: dict[str, Any]) -> dict[str, Any]:
     """What a U-Net stage takes from an FPA checkpoint: the exported generator, and where the checkpoint has
     them the raw G and D the stage starts from (not the optimisers or RNG states)."""

@@ -142,6 +142,19 @@ def list_names(uri: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
+def size(uri: str | os.PathLike) -> int:
+    """The bytes of everything under a folder or prefix (or of one file); 0 when there is nothing."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+    bucket, key = _split(uri)
+    pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    return sum(obj["Size"] for page in pages for obj in page.get("Contents", [])
+               if obj["Key"] == key or obj["Key"].startswith(key.rstrip("/") + "/"))
+
+
 def remove(uri: str | os.PathLike) -> None:
     if is_s3(uri):
         bucket, key = _split(uri)

@@ -18,6 +18,7 @@ from fpa_core.metrics.weights import FIDWeightsInvalid, FIDWeightsUnavailable, f
 from fpa_core.unet import fpa_of
 from sweeps import ablation, preflight, ray_tune, simulation
 from sweeps.registry import download_model, model_name
+from sweeps.retention import Retention
 from sweeps.space import SweepSpec
 from sweeps.sweep_file import spec_from_dict
 from sweeps.study import OptunaBridge, check_record, driving, keep_record_digest, open_store, open_study
@@ -129,6 +130,7 @@ def _run(spec: SweepSpec, settings: SweepSettings, resources: dict[str, float], 
         ray_tune.prepare_real_features(config, settings, resources)
     bridge = OptunaBridge(spec, study, store, tracker, parent_id, settings, resources, config,
                           simulation.simulator(settings, settings.storage))
+    bridge.retention = None if settings.simulate else Retention(settings.folder, settings.keep_full)
     if resume:
         bridge.reconcile()  # the sweep so far, as its study holds it
     with driving(study, resources):  # the study names this driver while it runs, and sums the drivers' time
@@ -142,11 +144,15 @@ def _run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str,
     """Run the trials that have not ended. Interrupted (Ctrl-C or SIGTERM: Ray stops its trials without
     ending them): the trials stay RUNNING in Optuna and MLflow for --resume, the parent run is KILLED until
     then. At the end, a trial still RUNNING (its Ray trial lost for good) fails."""
-    ray_tune.run_trials(settings, bridge, resources, bridge.to_run(settings.num_trials))
-    if bridge.interrupted():
-        tracker.sweep_interrupted(bridge.parent_id)
-        raise SweepInterrupted(settings.name, resumable)
-    bridge.close_out()
+    try:
+        ray_tune.run_trials(settings, bridge, resources, bridge.to_run(settings.num_trials))
+        if bridge.interrupted():
+            tracker.sweep_interrupted(bridge.parent_id)
+            raise SweepInterrupted(settings.name, resumable)
+        bridge.close_out()
+    finally:
+        if bridge.retention is not None:  # the trims decided, done before the driver returns
+            bridge.retention.finish(bridge.records.values())
 
 
 def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, start: str = "best",
@@ -165,6 +171,12 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
     if not ranked:
         raise SweepError(f"sweep {sweep} has no trial with an evaluation to continue from")
     picked = ranked[:top_k]
+    trimmed = [t["trial_id"] for t in picked if t.get("kept") == "generator"]
+    if trimmed:
+        raise SweepError(f"--top-k {top_k} reaches {', '.join(trimmed)}, which sweep {sweep} trimmed to its generator "
+                         f"(it ended outside the best {saved['settings'].get('keep_full', 3)} that keep every "
+                         "checkpoint, --keep-full): a run continues only from its full state; continue fewer trials, "
+                         "or run the sweep again with a larger --keep-full")
     if steps <= max(t["steps"] for t in picked):
         raise SweepError(f"--steps {steps} does not go beyond the trials' {max(t['steps'] for t in picked)} steps")
     name = name or f"{sweep}-continued-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -192,6 +204,7 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
         log.info("%s continues from %s (best %s %.4g) to step %d", trial["trial_id"], origin, metric.upper(),
                  trial["best_value"], steps)
     bridge = FixedTrials(records, tracker, parent_id, metric, settings, resources)
+    bridge.retention = Retention(settings.folder, settings.keep_full)
     started = time.monotonic()
     _run_trials(settings, bridge, resources, tracker, resumable=False)
     return _finish(spec, settings, bridge, tracker, finished["fid_calibrated"], finished.get("base"),
@@ -253,6 +266,7 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
     for record in sorted(bridge.records.values(), key=lambda r: r.number):
         trials.append({"trial_id": record.trial_id, "optuna_trial": record.number, "state": record.state,
                        "steps": record.steps, "best_value": record.best_value, "best": record.best,
+                       "kept": None if settings.simulate else "generator" if record.trimmed else "full",
                        "run_id": record.run_id, "params": record.params,
                        "evaluations": record.evaluations, "error": record.error, "seconds": record.seconds,
                        **record.placement})

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fpa_core import storage
 from fpa_core.metrics import best_evaluation
 from sweeps.sweep import SweepNotFound, list_sweeps, read_record, read_summary
 
@@ -110,7 +111,9 @@ def collect(root: str, optuna_storage: str | None = None, address: str | None = 
             pass
         if summary is None and record is not None:
             study = overview(optuna_storage or record["settings"]["optuna_storage"], name)
-        rows.append(sweep_row(name, record, summary, study, jobs.get(name), now))
+        row = sweep_row(name, record, summary, study, jobs.get(name), now)
+        row["stored_bytes"] = storage.size(storage.join(root, name)) if record is not None else None
+        rows.append(row)
     return rows
 
 
@@ -119,10 +122,12 @@ def table(rows: list[dict[str, Any]], width: int = 100) -> str:
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    head = ("sweep", "state", "trials", "best FID", "best KID", "wall h", "GPU h", "CPU h")
-    lines = [(r["name"], r["state"] + (" (simulated)" if r.get("simulated") else ""), f"{r['trials_done']}/{r['trials_total'] if r['trials_total'] else '?'}",
+    head = ("sweep", "state", "trials", "best FID", "best KID", "wall h", "GPU h", "CPU h", "stored GB")
+    lines = [(r["name"], r["state"] + (" (simulated)" if r.get("simulated") else ""),
+              f"{r['trials_done']}/{r['trials_total'] if r['trials_total'] else '?'}",
               number(r["best_fid"], 2), number(r["best_kid"], 4), number(r["wall_hours"], 2),
-              number(r["gpu_hours"], 2), number(r["cpu_hours"], 2)) for r in rows]
+              number(r["gpu_hours"], 2), number(r["cpu_hours"], 2),
+              number(None if r.get("stored_bytes") is None else r["stored_bytes"] / 1e9, 2)) for r in rows]
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
     spare = width - (sum(widths) + 2 * (len(widths) - 1))
     if spare < 0:  # shorten the names to fit

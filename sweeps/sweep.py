@@ -51,6 +51,7 @@ class SweepSettings:
     base: str | None = None  # stage unet: champion, models:/NAME@ALIAS or /NAME/VERSION, or a checkpoint
     simulate: str | None = None  # a simulated sweep's curves: model, or a finished sweep (sweeps.simulation)
     step_seconds: float = 0.001  # a simulated trial's seconds a training step
+    keep_full: int = 3  # the best trials that keep every checkpoint; the rest keep their generator (retention)
 
     @property
     def folder(self) -> str:

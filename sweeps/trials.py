@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from fpa_core.metrics import SCORES, best_evaluation
@@ -65,6 +66,14 @@ class Simulator(Protocol):
     def simulation(self, params: dict[str, Any], config: TrainConfig, step_seconds: float) -> Simulation: ...
 
 
+class Retainer(Protocol):
+    """What keeps a sweep's storage from growing with its trials: sweeps.retention.Retention."""
+
+    def apply(self, records: Iterable[TrialRecord]) -> None: ...
+
+    def finish(self, records: Iterable[TrialRecord]) -> None: ...
+
+
 class TrialListener(Protocol):
     """What a trial book tells (sweeps.tracking.SweepTracker writes it to MLflow)."""
 
@@ -89,6 +98,7 @@ class TrialRecord:
     ray_trial_id: str | None = None  # the Ray trial running it; None while no Ray trial holds it
     error: str | None = None  # why it failed for good (a diverged loss, a bad config), where it did
     seconds: float = 0.0  # training and evaluating so far (steps redone after a restart count once)
+    trimmed: bool = False  # its checkpoints cut to the generator: it ended outside the sweep's best (retention)
 
     @property
     def best(self) -> dict[str, float] | None:
@@ -134,6 +144,7 @@ class TrialBook:
     settings: SweepSettings  # where trials write, what each takes
     resources: dict[str, float]  # what each trial takes: {"cpu": 1, "gpu": 0.25}
     simulator: Simulator | None = None  # a simulated sweep's curves (sweeps.simulation)
+    retention: Retainer | None = None  # trims the trials that end outside the best few (sweeps.retention)
     records: dict[str, TrialRecord]
     best: tuple[float, str] | None  # (value of the metric, trial) of the best evaluation so far
     reports: int  # evaluations seen: the step of the parent run's best-so-far curve, which only ever falls
@@ -207,6 +218,8 @@ class TrialBook:
         """End a trial: COMPLETE, PRUNED or ERROR, and tell the tracker."""
         record.state = state
         self.tracker.trial_ended(record, state, tags or {})
+        if self.retention is not None:
+            self.retention.apply(self.records.values())
 
     def attach(self, ray_trial_id: str, name: str | None) -> None:
         """The Ray trial ``ray_trial_id`` holds the trial named in its config."""

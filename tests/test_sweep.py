@@ -16,7 +16,13 @@ from conftest import child_runs, free_port, own_ray, run_launch, run_main, setti
 
 ray = pytest.importorskip("ray")
 
+import torch  # noqa: E402
+
+from fpa_core import checkpoint  # noqa: E402
+from fpa_core.train.trainer import Trainer  # noqa: E402
+from sweeps.cli.continue_best import main as continue_main  # noqa: E402
 from sweeps.driver import SweepSettings, run_sweep  # noqa: E402
+from sweeps.registry import promote  # noqa: E402
 from sweeps.cli.launch import main as launch_main  # noqa: E402
 from sweeps.sweep import SweepError  # noqa: E402
 from sweeps.sweep_file import load_sweep  # noqa: E402
@@ -36,6 +42,25 @@ def test_a_local_sweep_records_every_trial(tmp_path, image_folder, local_ray):
     best = summary["best"]
     assert best["fid"] == min(t["best"]["fid"] for t in summary["trials"])
     assert Path(best["checkpoint"]).is_file() and best["config"]["model"]["d_hidden"] in (8, 16)
+
+    # Retention: the best 3 (--keep-full's default) keep every checkpoint; the fourth keeps its generator.
+    ranked = sorted(summary["trials"], key=lambda t: t["best_value"])
+    assert [t["kept"] for t in ranked] == ["full", "full", "full", "generator"]
+    folders = {t["trial_id"]: Path(s.storage, s.name, "trials", t["trial_id"], "checkpoints") for t in ranked}
+    assert all(sorted(folders[t["trial_id"]].glob("latest-*.pt")) for t in ranked[:3])
+    last = folders[ranked[-1]["trial_id"]]
+    assert sorted(p.name for p in last.iterdir()) == ["best.pt"]
+    trimmed = checkpoint.load(str(last / "best.pt"))
+    assert trimmed["trimmed"] and {"generator", "generator_ema", "evaluations"} <= set(trimmed)
+    assert not {"discriminator", "opt_g", "opt_d", "rng"} & set(trimmed)
+    assert isinstance(checkpoint.load_generator(str(last / "best.pt")), torch.nn.Module)  # it still paints
+    with pytest.raises(ValueError, match="trimmed by its sweep"):  # no run continues from it
+        Trainer.resume(str(last.parent), {"steps": 9})
+    refused = run_main(continue_main, "--sweep", s.name, "--top-k", "4", "--steps", "9", "--storage", s.storage,
+                       "--tracking-uri", s.tracking_uri)
+    assert refused.returncode == 2 and f"reaches {ranked[-1]['trial_id']}, which sweep" in refused.stderr
+    promoted = promote(str(last / "best.pt"), ranked[-1]["run_id"], s.tracking_uri)  # it still promotes
+    assert promoted.version == 1 and promoted.champion
 
     client, parent, runs = child_runs(s.tracking_uri, summary)
     assert parent.info.status == "FINISHED" and len(runs) == 4

@@ -24,6 +24,7 @@ from fpa_core import checkpoint, storage
 from fpa_core.config import to_dict
 from fpa_core.metrics import best_evaluation
 from fpa_core.train.config import TrainConfig
+from fpa_core.train.errors import CannotTrainError
 
 if TYPE_CHECKING:
     from fpa_core.train.trainer import Trainer
@@ -131,6 +132,12 @@ def state(trainer: Trainer) -> dict[str, Any]:
 def restore(trainer: Trainer, saved: dict[str, Any], uri: str) -> None:
     """The trainer as ``saved`` (read from ``uri``) left it; the learning rates are the config's, which may have
     changed on resume. The metrics logged after the checkpoint's step are dropped and redone."""
+    if saved.get("trimmed") or "opt_g" not in saved:
+        what = ("trimmed by its sweep: the trial ended outside the best few that keep every checkpoint, "
+                "--keep-full") if saved.get("trimmed") else "an exported generator"
+        raise CannotTrainError(f"{uri} holds only a generator ({what}), not a run's full state (D, optimisers, RNG "
+                               "states): no run continues from it; start a new run, or continue a trial the sweep "
+                               "kept whole")
     trainer.G.load_state_dict(saved["generator"])
     trainer.G_ema.load_state_dict(saved["generator_ema"])
     trainer.D.load_state_dict(saved["discriminator"])

@@ -115,6 +115,11 @@ class Trainer:
     def resume(cls, out: str, overrides: list[str] | dict[str, Any] = (), **kwargs) -> Trainer:
         """Continue the run in ``out`` from its newest ``latest`` checkpoint (overrides may extend ``steps``)."""
         found = checkpoint.latest_checkpoints(storage.join(out, "checkpoints"))
+        best = storage.join(out, "checkpoints", "best.pt")
+        if not found and storage.exists(best) and checkpoint.load(best).get("trimmed"):
+            raise CannotTrainError(f"{out} was trimmed by its sweep (the trial ended outside the best few that keep "
+                                   "every checkpoint, --keep-full): only its generator is kept, in checkpoints/"
+                                   "best.pt, and no run continues from it")
         if not found:
             raise FileNotFoundError(f"nothing to resume in {out}: it has no checkpoints/latest-*.pt; "
                                     "start a new run without --resume")

@@ -42,7 +42,7 @@ RESUME_FIXED = [("--dataset", "dataset"), ("--profile", "profile"), ("--name", "
                 ("--warmup", "warmup"), ("--patience", "patience"), ("--seed", "seed"), ("--set", "overrides"),
                 ("--stage", "stage"),
                 ("--base", "base"), ("--metric", "metric"), ("--simulate", "simulate"),
-                ("--step-seconds", "step_seconds")]
+                ("--step-seconds", "step_seconds"), ("--keep-full", "keep_full")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--resume: the resumed sweep's new budget")
     p.add_argument("--budget-cpu-hours", type=float, metavar="H",
                    help="the same in CPU-hours (trials that take no GPU)")
+    p.add_argument("--keep-full", type=int, default=3, metavar="K",
+                   help="the best K trials keep every checkpoint; each other trial, once it has ended, keeps only its "
+                        "generator (best.pt: G and its EMA), so that storage does not grow with pruned trials "
+                        "(default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training field for every trial, e.g. --set fid.backbone=inception-random")
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         step_seconds=_first(args.step_seconds, 0.001),
         pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1),
         patience=_first(args.patience, spec.patience), budget_gpu_hours=args.budget_gpu_hours,
-        budget_cpu_hours=args.budget_cpu_hours, seed=args.seed, address=args.address, profile=args.profile,
+        budget_cpu_hours=args.budget_cpu_hours, keep_full=args.keep_full, seed=args.seed, address=args.address, profile=args.profile,
         stage=args.stage, base=args.base if args.stage == "unet" else None,
         metric=_first(args.metric, spec.metric, "fid"))
     found = preflight.problems(spec, settings)  # before Ray, MLflow and Optuna load: a second, not a minute
@@ -230,7 +234,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
                         "(or --resume NAME to continue a sweep)")
     for flag, value, low in (("--num-trials", args.num_trials, 1), ("--max-concurrent", args.max_concurrent, 1),
                              ("--max-failures", args.max_failures, 0), ("--warmup", args.warmup, 0),
-                             ("--patience", args.patience, 1)):
+                             ("--patience", args.patience, 1), ("--keep-full", args.keep_full, 0)):
         if value is not None and value < low:
             problems.append(f"{flag} must be at least {low}, got {value}")
     for flag, value in (("--budget-gpu-hours", args.budget_gpu_hours), ("--budget-cpu-hours", args.budget_cpu_hours)):
