@@ -24,6 +24,7 @@ SWEEP_STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", Tr
 DRIVER = "fpa.driver"  # the study's attribute: the driver running the sweep now ({host, pid, since}), or None
 DRIVER_SECONDS = "fpa.driver_seconds"  # the study's attribute: the sweep's drivers' wall time so far
 RESOURCES = "fpa.resources"  # the study's attribute: what each trial takes ({"cpu": 1, "gpu": 0.25})
+PROGRESS = "fpa.progress"  # a trial's attribute: its evaluations (every score), placement and seconds so far
 
 
 def overview(optuna_storage: str, name: str) -> dict[str, Any] | None:
@@ -36,9 +37,9 @@ def overview(optuna_storage: str, name: str) -> dict[str, Any] | None:
     trials = study.get_trials(deepcopy=False)
     states = [SWEEP_STATES.get(t.state, t.state.name) for t in trials if t.state != TrialState.WAITING]
     evaluations = [e for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   for e in t.user_attrs.get("fpa.evaluations", [])]
+                   for e in t.user_attrs.get(PROGRESS, {}).get("evaluations", [])]
     return {"states": {state: states.count(state) for state in sorted(set(states))}, "evaluations": evaluations,
-            "seconds": sum(float(t.user_attrs.get("fpa.seconds", 0.0)) for t in trials),
+            "seconds": sum(float(t.user_attrs.get(PROGRESS, {}).get("seconds", 0.0)) for t in trials),
             "driver": study.user_attrs.get(DRIVER), "driver_seconds": study.user_attrs.get(DRIVER_SECONDS, 0.0),
             "resources": study.user_attrs.get(RESOURCES, {})}
 

@@ -63,11 +63,9 @@ def _pruner(name: str, warmup: int, fid_every: int, max_steps: int) -> optuna.pr
     raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")
 
 
-def explain(study: optuna.Study, number: int, step: int, value: float) -> str:
+def explain(others: list[float], step: int, value: float) -> str:
     """What a pruning decision at ``step`` compared: the trial's best so far against the other trials' best so
-    far at that step (how many, their median and best)."""
-    others = sorted(t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                    if t.number != number and step in t.intermediate_values)
+    far at that step (``others``, sorted: how many, their median and best)."""
     if not others:
         return f"best so far {value:.4g} at step {step}; no other trial has reached it"
     median = statistics.median(others)

@@ -9,6 +9,7 @@ next Ray trial (``new_trial``), which continues it in the same folder and MLflow
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
@@ -25,7 +26,7 @@ from fpa_core.config import flatten
 from fpa_core.train.config import TrainConfig
 from sweeps.pruning import explain, make_pruner
 from sweeps.space import SweepSpec
-from sweeps.overview import DRIVER, DRIVER_SECONDS, RESOURCES, SWEEP_STATES
+from sweeps.overview import DRIVER, DRIVER_SECONDS, PROGRESS, RESOURCES, SWEEP_STATES
 from sweeps.sweep import SweepError, SweepSettings, redact
 from sweeps.tracking import SweepTracker
 from sweeps.trials import Simulator, TrialBook, TrialRecord, TrialTask, trial_name, usage
@@ -132,6 +133,7 @@ class OptunaBridge(TrialBook):
         self._live: dict[str, optuna.trial.Trial] = {}  # name -> Optuna trial handle
         self.best: tuple[float, str] | None = None
         self.reports = 0
+        self._at_step: dict[int, list[float]] = {}  # step -> the trials' best so far there, sorted (as the pruner)
         self.metric = config.fid.metric  # what the study minimises
         self.max_steps = config.steps  # the last evaluation is never pruned
 
@@ -167,18 +169,21 @@ class OptunaBridge(TrialBook):
         trial.set_user_attr("fpa.trial", name)
         trial.set_user_attr("fpa.params", params)
         config = self.spec.trial_config(params)  # built once: it travels with the record
-        record = TrialRecord(name, trial.number, self._child_run(name, config, trial.number), params, config,
-                             self.metric)
+        record = TrialRecord(name, trial.number, self._child_run(name, config, trial.number, new=True), params,
+                             config, self.metric)
         trial.set_user_attr("mlflow_run_id", record.run_id)
         self.records[name], self._live[name] = record, trial
         log.info("%s (Optuna #%d): %s", name, trial.number, params)
         return record
 
-    def _child_run(self, name: str, config: TrainConfig, number: int) -> str:
+    def _child_run(self, name: str, config: TrainConfig, number: int, new: bool = False) -> str:
+        """The trial's MLflow run: created for a trial just asked for (``new``: no run can have its name yet),
+        else found again by name, or created (a driver that died between the two writes)."""
         tags = {"fpa.optuna_trial": str(number)}
         if self.settings.simulate:
             tags["fpa.simulated"] = self.settings.simulate
-        return self.tracker.trial_run(self.parent_id, self.sweep, name, flatten(config), tags=tags)
+        start = self.tracker.start_child if new else self.tracker.trial_run
+        return start(self.parent_id, self.sweep, name, flatten(config), tags=tags)
 
     def _orphan(self) -> TrialRecord | None:
         """A running trial that no Ray trial holds: one that a resumed sweep's previous driver left unfinished."""
@@ -224,14 +229,15 @@ class OptunaBridge(TrialBook):
         trial = self._trial(record)
         best = record.best_value  # what the pruner sees: the best so far, never one noisy evaluation
         trial.report(best, step)
-        trial.set_user_attr("fpa.evaluations", record.evaluations)  # all its scores, for a resumed sweep
-        trial.set_user_attr("fpa.placement", record.placement)
-        trial.set_user_attr("fpa.seconds", record.seconds)
+        trial.set_user_attr(PROGRESS, {"evaluations": record.evaluations, "placement": record.placement,
+                                       "seconds": record.seconds})  # all its scores, for a resumed sweep
         self._seen(record, value)
+        others = self._at_step.setdefault(step, [])
+        why = explain(others, step, best)  # before this trial's value joins the others
+        bisect.insort(others, best)
         if step >= self.max_steps:
             return False
         prune = trial.should_prune()
-        why = explain(self.study, record.number, step, best)
         log.info("%s at step %d: %s %.4g, %s: %s", record.trial_id, step, self.metric.upper(), value, why,
                  "pruned" if prune else "continues")
         if not prune:
@@ -267,14 +273,16 @@ class OptunaBridge(TrialBook):
             name, params = attrs.get("fpa.trial", trial_name(frozen.number)), attrs["fpa.params"]
             config = self.spec.trial_config(params)
             run_id = attrs.get("mlflow_run_id") or self._child_run(name, config, frozen.number)
+            progress = attrs.get(PROGRESS, {})
             record = TrialRecord(name, frozen.number, run_id, params, config, self.metric,
-                                 placement=dict(attrs.get("fpa.placement", {})), error=attrs.get("fpa.error"),
-                                 seconds=float(attrs.get("fpa.seconds", 0.0)))
+                                 placement=dict(progress.get("placement", {})), error=attrs.get("fpa.error"),
+                                 seconds=float(progress.get("seconds", 0.0)))
             # Every score of each evaluation (the study's own values hold only the metric's)
-            for evaluation in attrs.get("fpa.evaluations", []):
+            for evaluation in progress.get("evaluations", []):
                 record.note(evaluation)
             for step, value in frozen.intermediate_values.items():
                 record.note({"step": step, self.metric: value})
+                bisect.insort(self._at_step.setdefault(step, []), value)
             record.state = SWEEP_STATES.get(frozen.state, "RUNNING")
             self.records[name] = record
             self.reports += len(record.evaluations)

@@ -160,8 +160,8 @@ class SweepTracker:
 
     def finish(self, run_id: str, state: str, tags: dict[str, Any] | None = None) -> None:
         """state: COMPLETE, PRUNED or ERROR (the Optuna words) -> MLflow FINISHED, KILLED or FAILED."""
-        for key, value in {TAG_STATE: state, **(tags or {})}.items():
-            self.client.set_tag(run_id, key, str(value))
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)[:MAX_TAG_LENGTH])
+                                            for key, value in {TAG_STATE: state, **(tags or {})}.items()])
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "ERROR": "FAILED"}[state]
         self.client.set_terminated(run_id, status)
 

@@ -55,7 +55,7 @@ def test_the_pruner_sees_the_best_so_far_and_each_decision_is_logged(tmp_path, i
     assert "best so far 9.5 at step 6 against 2 other trial(s) there: median 9.5, best 9" in caplog.text
     assert "continues" in caplog.text and "trial_0002 at step 9: FID 40, best so far 9.5" in caplog.text
     assert caplog.text.rstrip().endswith("pruned")
-    assert explain(bridge.study, 2, 9, 9.5).startswith("best so far 9.5 at step 9 against 2")
+    assert explain([8.0, 9.0], 9, 9.5).startswith("best so far 9.5 at step 9 against 2")
 
 
 def test_patience_waits_for_evaluations_without_a_new_best(tmp_path, image_folder):
