@@ -280,7 +280,9 @@ def _requests(log: Path) -> list[str]:
     for line in log.read_text(errors="replace").splitlines():
         for verb in ('"GET /api/', '"POST /api/', '"PATCH /api/', '"DELETE /api/', '"PUT /api/'):
             if verb in line:
-                found.append(line.split(verb, 1)[1].split(" ", 1)[0].split("?")[0])
+                endpoint = line.split(verb, 1)[1].split(" ", 1)[0].split("?")[0]
+                found.append("2.0/mlflow-artifacts/artifacts/<run>/<file>" if "mlflow-artifacts/" in endpoint
+                             else endpoint)
     return found
 
 
@@ -288,10 +290,11 @@ def _mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
-def at(timings: list[list[float]], index: int, window: int = 5) -> float | None:
-    """Median milliseconds of the calls around the ``index``-th trial."""
-    near = [seconds for i, seconds in timings if abs(i - index) <= window]
-    return 1000 * statistics.median(near) if near else None
+def tenths(timings: list[list[float]], n: int) -> str:
+    """Median milliseconds of the calls of the first and of the last tenth of the sweep's trials."""
+    first = [seconds for i, seconds in timings if i < n / 10]
+    last = [seconds for i, seconds in timings if i >= n - n / 10]
+    return " / ".join("-" if not v else f"{1000 * statistics.median(v):.1f}" for v in (first, last))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -306,7 +309,7 @@ def table(results: list[dict[str, Any]]) -> str:
                      f"{r['wall_s'] / r['theory_s']:.2f} | {r['wall_s'] / base['wall_s'] if base else float('nan'):.2f} | "
                      f"{r['driver_cpu_s']:.1f} | {1000 * r['driver_cpu_s'] / r['n']:.0f} | "
                      f"{1000 * r['driver_cpu_s'] / reports:.1f} | {r['peak_rss_mb']:.0f} | {states} |")
-    lines += ["", "| N | run | ask ms @10 / 100 / 1000 | tell ms @10 / 100 / 1000 | report CPU ms @10 / 100 / 1000 "
+    lines += ["", "| N | run | ask ms (first / last tenth) | tell ms | report CPU ms "
               "| MLflow calls/trial (driver) | REST requests/trial (all) | optuna MB | mlflow MB | status s "
               "| REST search s (runs) |", "|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
@@ -315,7 +318,7 @@ def table(results: list[dict[str, Any]]) -> str:
         t = r["timings"]
 
         def three(key):
-            return " / ".join("-" if v is None else f"{v:.1f}" for v in (at(t[key], k) for k in (10, 100, 1000)))
+            return tenths(t[key], r["n"])
         rest = sum(r["rest_requests"].values()) / r["n"] if "rest_requests" in r else None
         lines.append(f"| {r['n']} | {r['kind']} | {three('ask')} | {three('tell')} | {three('report_cpu')} | "
                      f"{sum(r['mlflow_calls'].values()) / r['n']:.1f} | {'-' if rest is None else f'{rest:.1f}'} | "
@@ -332,6 +335,8 @@ def main() -> None:
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="also run each backend with the driver's code of this checkout (e.g. a git worktree of an "
                              "older commit), interleaved with this one's: a before-and-after in one run")
+    parser.add_argument("--before-backends", nargs="+", choices=("sqlite", "postgres"), default=["sqlite"],
+                        help="the backends that --before runs (default: sqlite)")
     parser.add_argument("--keep", type=Path, help="keep the runs' folders here (default: a temporary folder)")
     parser.add_argument("--one", choices=("raw", "sqlite", "postgres"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -346,7 +351,7 @@ def main() -> None:
         for n in args.trials:
             runs = [("raw", ROOT, "raw")]
             for backend in args.backends:
-                if args.before:
+                if args.before and backend in args.before_backends:
                     runs.append((backend, args.before.resolve(), f"{backend} before"))
                 runs.append((backend, ROOT, backend))
             for kind, code, label in runs:

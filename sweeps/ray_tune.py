@@ -195,7 +195,15 @@ def _tuner(settings: SweepSettings, trainable, bridge: TrialBook, num_trials: in
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=settings.name, **_ray_storage(settings.storage),
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+                                  checkpoint_config=_POINTERS_KEPT, verbose=1))
+
+
+# Every Tune checkpoint a trial reports is kept. Each is a pointer of a few hundred bytes (the trainer's own
+# checkpoints live in its run folder, and retention trims those), and Tune's num_to_keep would cost O(trials)
+# per report: with it, a trial that checkpointed num_to_keep times forces a snapshot of the whole experiment's
+# state (52 MB at 1,000 trials), so the snapshots came every few reports (BENCHMARKS.md, "The control plane at
+# 100 and 1,000 trials").
+_POINTERS_KEPT = tune.CheckpointConfig(num_to_keep=None)
 
 
 def prepare_real_features(config: TrainConfig, settings: SweepSettings, resources: dict[str, float]) -> None:

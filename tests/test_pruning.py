@@ -105,3 +105,28 @@ def test_a_gpu_budget_for_trials_without_gpus_is_refused_before_anything_runs(tm
     spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
     s.gpus_per_trial = 0
     assert any("--budget-gpu-hours with --gpus-per-trial 0" in p for p in preflight.problems(spec, s))
+
+
+def test_a_report_costs_the_same_however_many_trials_the_study_holds(tmp_path, image_folder, monkeypatch):
+    """Without a pruner that compares trials, a report reads no trial back from the study, and writes one
+    attribute beside its value: nothing in it grows with the sweep (BENCHMARKS.md, the control plane at 1,000
+    trials). Its explanation comes from the bridge's own values by step, as the pruner's would."""
+    bridge = _bridge(tmp_path, image_folder, pruner="none", warmup=0)
+    for ray_id in ("a", "b", "c"):
+        bridge.new_trial(ray_id)
+        bridge.report(ray_id, {"step": 3, "fid": {"a": 7.0, "b": 5.0, "c": 6.0}[ray_id]})
+    reads, writes = [], []
+    storage = type(bridge.study._storage)
+    for name, calls in (("get_all_trials", reads), ("set_trial_user_attr", writes)):
+        plain = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda self, *a, _plain=plain, _calls=calls, **k: (
+            _calls.append(a), _plain(self, *a, **k))[1])
+    bridge.new_trial("d")
+    reads.clear(), writes.clear()
+    assert bridge.report("d", {"step": 3, "fid": 5.5, "trial_seconds": 2.0}) is False
+    assert reads == [] and len(writes) == 1
+    assert bridge._at_step[3] == [5.0, 5.5, 6.0, 7.0]
+    assert explain(bridge._at_step[3][:1], 3, 5.5) == ("best so far 5.5 at step 3 against 1 other trial(s) there: "
+                                                       "median 5, best 5")
+    progress = bridge.study.trials[3].user_attrs["fpa.progress"]
+    assert progress["seconds"] == 2.0 and progress["evaluations"][0]["fid"] == 5.5

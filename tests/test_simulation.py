@@ -74,6 +74,10 @@ def test_a_simulated_sweep_runs_through_the_real_service_labelled_and_is_never_p
     assert len(summary["trials"]) == 12 and {t["state"] for t in summary["trials"]} <= {"COMPLETE", "PRUNED"}
     assert "PRUNED" in {t["state"] for t in summary["trials"]}  # the real pruner decided on the replayed curves
     assert not (folder / "trials").exists() or not list((folder / "trials").rglob("*.pt"))  # nothing trained
+    # Tune keeps every pointer checkpoint: with num_to_keep, each trial's third report would force a snapshot of
+    # the whole experiment's state, a cost that grows with the sweep (BENCHMARKS.md, the control plane at scale)
+    for trial in summary["trials"]:
+        assert len(list((folder / trial["trial_id"]).glob("checkpoint_*"))) == len(trial["evaluations"])
     client, parent, runs = child_runs(summary["tracking_uri"], summary)
     assert parent.data.tags["fpa.simulated"] == "model" and len(runs) == 12
     assert {r.data.tags["fpa.simulated"] for r in runs} == {"model"}
