@@ -14,6 +14,7 @@ import yaml
 
 from fpa_core import checkpoint, storage
 from fpa_core.config import flatten, to_dict
+from fpa_core.metrics.noise import Z, Noisy, tied_with_best
 from fpa_core.metrics.weights import FIDWeightsInvalid, FIDWeightsUnavailable, find_weights
 from fpa_core.unet import fpa_of
 from sweeps import ablation, preflight, ray_tune, simulation
@@ -155,22 +156,23 @@ def _run_trials(settings: SweepSettings, bridge: TrialBook, resources: dict[str,
             bridge.retention.finish(bridge.records.values())
 
 
-def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, start: str = "best",
+def continue_sweep(sweep: str, storage_root: str, *, top_k: int | None, steps: int, start: str = "best",
                    name: str | None = None, tracking_uri: str | None = None, address: str | None = None,
                    cpus_per_trial: float = 1.0, max_concurrent: int | None = None) -> dict[str, Any]:
-    """Continue the ``top_k`` best trials of a finished sweep, each from its best (``start="best"``) or latest
-    checkpoint, to ``steps`` training steps, unpruned, as one new Ray Tune run. Each continuation logs into
-    a new MLflow child run linked to the trial's own (tag and param ``fpa.continues_run``)."""
+    """Continue the ``top_k`` best trials of a finished sweep (None: those within noise of its best, as its
+    summary's ``tied`` names them; the best 3 where it names none), each from its best (``start="best"``) or
+    latest checkpoint, to ``steps`` training steps, unpruned, as one new Ray Tune run. Each continuation logs
+    into a new MLflow child run linked to the trial's own (tag and param ``fpa.continues_run``)."""
     finished = read_summary(storage_root, sweep)
     saved = read_record(storage_root, sweep)
     if finished.get("simulated"):
         raise SweepError(f"sweep {sweep} was simulated (--simulate {finished['simulated']['source']}): its trials "
                          "trained nothing, and have no checkpoints to continue from")
     metric = finished["metric"]
-    ranked = sorted((t for t in finished["trials"] if t["best_value"] is not None), key=lambda t: t["best_value"])
-    if not ranked:
+    picked = continued_trials(finished, top_k)
+    if not picked:
         raise SweepError(f"sweep {sweep} has no trial with an evaluation to continue from")
-    picked = ranked[:top_k]
+    top_k = len(picked)
     trimmed = [t["trial_id"] for t in picked if t.get("kept") == "generator"]
     if trimmed:
         raise SweepError(f"--top-k {top_k} reaches {', '.join(trimmed)}, which sweep {sweep} trimmed to its generator "
@@ -209,6 +211,17 @@ def continue_sweep(sweep: str, storage_root: str, *, top_k: int, steps: int, sta
     _run_trials(settings, bridge, resources, tracker, resumable=False)
     return _finish(spec, settings, bridge, tracker, finished["fid_calibrated"], finished.get("base"),
                    wall_s=time.monotonic() - started, resources=resources)
+
+
+def continued_trials(summary: dict[str, Any], top_k: int | None) -> list[dict[str, Any]]:
+    """A finished sweep's trials to continue, best first: its ``top_k`` best, or with None those its summary
+    names within noise of the best (``tied``), or its best 3 where it names none (an FID sweep)."""
+    ranked = sorted((t for t in summary["trials"] if t["best_value"] is not None), key=lambda t: t["best_value"])
+    tied = summary.get("tied") or {}
+    if top_k is None:
+        top_k = len(tied["trials"]) if tied.get("noise") else 3
+        log.info("continuing the %d %s", top_k, "trial(s) within noise of the best" if tied.get("noise") else "best")
+    return ranked[:top_k]
 
 
 def _finish(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, tracker: SweepTracker, calibrated: bool,
@@ -284,7 +297,22 @@ def _summary(spec: SweepSpec, settings: SweepSettings, bridge: TrialBook, calibr
             "settings": settings.public(),
             "simulated": {"source": settings.simulate, "step_seconds": settings.step_seconds}
             if settings.simulate else None,
-            "stage": settings.stage, "base": base, "best": best, "trials": trials}
+            "stage": settings.stage, "base": base, "best": best, "tied": _tied(finished, bridge.metric),
+            "trials": trials}
+
+
+def _tied(finished: list[TrialRecord], metric: str) -> dict[str, Any] | None:
+    """The trials whose best is within noise of the sweep's best (``fpa_core.metrics.noise``), best first: on
+    KID, each evaluation's std over its subsets; FID has no std of its own, so an FID sweep names its best only."""
+    if not finished:
+        return None
+    if metric != "kid":
+        best = min(finished, key=lambda r: r.best_value)
+        return {"trials": [best.trial_id], "noise": None, "z": None,
+                "why": "FID evaluations carry no std: within-noise ties are told on KID (--metric kid)"}
+    scores = [Noisy(r.best_value, r.best.get("kid_std") or 0.0, "KID std over subsets") for r in finished]
+    return {"trials": [finished[i].trial_id for i in tied_with_best(scores)], "noise": "KID std over subsets",
+            "z": Z}
 
 
 def _cell(value: Any) -> str:
@@ -314,6 +342,11 @@ def _print_report(summary: dict[str, Any], summary_uri: str, tracking_uri: str) 
         kid = "-" if best["kid"] is None else f"{best['kid']:.4f}"
         print(f"\nbest by {summary['metric'].upper()}: {best['trial_id']} at step {best['step']}, {label} "
               f"{best['fid']:.3f}, KID {kid}" + (f", checkpoint {best['checkpoint']}" if best["checkpoint"] else ""))
+        tied = summary.get("tied") or {}
+        others = [t for t in tied.get("trials", []) if t != best["trial_id"]]
+        if tied.get("noise"):
+            print(f"within noise of it ({tied['noise']}, {tied['z']:g} std of the difference): "
+                  + (", ".join(others) if others else "no other trial"))
         print("best config:\n" + yaml.safe_dump(best["params"], sort_keys=False).rstrip())
     else:
         print("\nno trial reached an FID evaluation")

@@ -5,7 +5,9 @@ artifact of the run that trained it. The alias ``champion`` names the best versi
 the one it replaced (aliases, not the deprecated stages). Two versions are compared on the run's metric
 (FID or KID) only when it was measured the same way (the ``fpa.protocol`` tag: Inception weights, feature
 size, image format, image count, precision, dataset and resolution); a calibrated and an uncalibrated FID
-never are.
+never are. And a candidate replaces the champion only when it is better by more than the noise of that
+comparison (``fpa_core.metrics.noise``): each version's one-evaluation std under its protocol is measured when
+it is registered, over fresh latent seeds (``fpa.noise_std``), and the test is recorded (``fpa.margin``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fpa_core import checkpoint
-from fpa_core.metrics.protocol import evaluate_checkpoint
 from fpa_core.metrics import SCORES
+from fpa_core.metrics.noise import NOISE_SEEDS, Noisy, compare, spread
+from fpa_core.metrics.protocol import evaluate_checkpoint
 from sweeps.sweep import redact, resolve_tracking_uri
 from sweeps.tracking import _slug
 
@@ -76,11 +79,14 @@ class Promotion:
 
 
 def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *, sweep: str | None = None,
-            force: bool = False, evaluate: int | None = None) -> Promotion:
+            force: bool = False, evaluate: int | None = None, noise_seeds: int = NOISE_SEEDS) -> Promotion:
     """Register the EMA generator of ``checkpoint_uri`` (trained in MLflow run ``run_id``) and make it the
-    champion if it beats the current champion on the run's metric (fid.metric) under the same protocol, or
-    ``force``. ``evaluate``: score it first as the paper did (fpa_core.evaluate, that many images), not by the
-    scores its run logged."""
+    champion if it beats the current champion on the run's metric (fid.metric) under the same protocol by more
+    than the comparison's noise, or ``force``. ``evaluate``: score it first as the paper did (fpa_core.evaluate,
+    that many images), not by the scores its run logged. ``noise_seeds``: how many fresh latent seeds measure
+    the candidate's noise under that protocol (0: KID's std over its subsets, for a KID sweep)."""
+    if noise_seeds == 1 or noise_seeds < 0:
+        raise ValueError(f"--noise-seeds must be 0 (KID's own std) or at least 2, got {noise_seeds}")
     client = MlflowClient(tracking_uri or resolve_tracking_uri())
     simulated = client.get_run(run_id).data.tags.get("fpa.simulated")
     if simulated:  # a replayed curve is no result: it never becomes a registered model, let alone a champion
@@ -98,6 +104,9 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
         protocol = training_protocol(state)
         if scores is None or scores.get(metric) is None:
             return Promotion(name, None, False, f"{checkpoint_uri} has no {metric.upper()} at its step {step}")
+    if noise_seeds == 0 and (metric != "kid" or scores.get("kid_std") is None):
+        raise ValueError(f"{metric.upper()} has no standard deviation of its own: measure its noise with "
+                         "--noise-seeds N (N >= 2 fresh latent seeds), or promote it anyway with --force")
     value, measured = float(scores[metric]), protocol_tag(protocol, metric)
     for version in _versions_of_run(client, name, run_id):
         if version.tags.get("fpa.checkpoint") == checkpoint_uri and version.tags.get("fpa.step") == str(step) \
@@ -110,7 +119,9 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
             return Promotion(name, None, False, f"version {version.version} of {name} already holds this checkpoint "
                                                 f"(run {run_id}, step {step}), measured the same way")
 
+    noise = _noise(state, scores, protocol, metric, noise_seeds, checkpoint_uri)
     tags = {"fpa.metric": metric, "fpa.value": repr(value), "fpa.step": str(step), "fpa.protocol": measured,
+            "fpa.noise_std": repr(noise.std), "fpa.noise": noise.source,
             **{f"fpa.{k}": repr(float(scores[k])) for k in SCORES if scores.get(k) is not None},
             "fpa.fid_calibrated": str(bool(protocol["calibrated"])).lower(), "fpa.checkpoint": checkpoint_uri,
             "fpa.sweep": sweep or "", "fpa.stage": config.get("stage", "fpa"),
@@ -131,13 +142,37 @@ def promote(checkpoint_uri: str, run_id: str, tracking_uri: str | None = None, *
                                "use --evaluate N on both, or --force to promote it anyway")
     elif "fpa.value" not in current.tags:
         move, reason = False, f"champion version {current.version} has no fpa.value tag to compare with; use --force"
-    elif value < float(current.tags["fpa.value"]):
-        move, reason = True, f"{label} {value:.4g} beats version {current.version}'s {float(current.tags['fpa.value']):.4g}"
     else:
-        move, reason = False, (f"its {label} {value:.4g} does not beat version {current.version}'s "
-                               f"{float(current.tags['fpa.value']):.4g}")
+        held = float(current.tags["fpa.value"])
+        # A champion registered without a measured noise is taken to have the candidate's: the same protocol.
+        incumbent = Noisy(held, float(current.tags.get("fpa.noise_std", noise.std)),
+                          current.tags.get("fpa.noise", "the candidate's (none recorded)"))
+        comparison = compare(noise, incumbent)
+        test = comparison.describe(label)
+        client.set_model_version_tag(name, version.version, "fpa.margin", repr(comparison.margin))
+        client.set_model_version_tag(name, version.version, "fpa.test", f"against version {current.version}: {test}")
+        if comparison.better:
+            move, reason = True, f"{label} {value:.4g} beats version {current.version}'s {held:.4g}: {test}"
+        else:
+            move, reason = False, (f"its {label} {value:.4g} does not beat version {current.version}'s {held:.4g}: "
+                                   f"{test}; --force to promote it anyway")
     previous = _move_champion(client, name, version.version, current) if move else None
     return Promotion(name, int(version.version), move, reason, previous, tags)
+
+
+def _noise(state: dict[str, Any], scores: dict[str, Any], protocol: dict[str, Any], metric: str, seeds: int,
+           source: str) -> Noisy:
+    """The candidate's ``metric`` with the std of one evaluation under ``protocol``: over ``seeds`` fresh latent
+    seeds (the run's seed + 1, + 2, ...), or, with 0, KID's std over its subsets."""
+    value = float(scores[metric])
+    if seeds == 0:
+        return Noisy(value, float(scores["kid_std"]), "KID std over subsets")
+    first = state["config"]["seed"] if protocol.get("latent_seed") is None else protocol["latent_seed"]
+    repeats = [evaluate_checkpoint(state, num_images=protocol["num_images"], dims=protocol["dims"],
+                                   backbone=protocol["backbone"], image_format=protocol["image_format"],
+                                   seed=first + k, source=source)["scores"][metric] for k in range(1, seeds + 1)]
+    log.info("%s's noise: %s over %d fresh latent seeds %s", source, metric.upper(), seeds, repeats)
+    return spread(value, repeats, f"std over {seeds} fresh latent seeds")
 
 
 def _move_champion(client: MlflowClient, name: str, version, current) -> int | None:

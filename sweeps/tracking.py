@@ -174,6 +174,9 @@ class SweepTracker:
         if summary["best"]:
             self.log_text(parent_id, yaml.safe_dump(summary["best"]["config"], sort_keys=False), "best_config.yaml")
             self.client.set_tag(parent_id, "fpa.best_trial", summary["best"]["trial_id"])
+            tied = summary.get("tied") or {}
+            if tied.get("noise"):  # the trials the evaluations cannot tell from the best
+                self.client.set_tag(parent_id, "fpa.tied_trials", ",".join(tied["trials"]))
         png = plot_fid_curves(curves, f"{summary['name']}: {metric.upper()} against step", metric.upper())
         with tempfile.TemporaryDirectory() as folder:
             for name, data in {f"{metric}_vs_step.png": png, **(files or {})}.items():

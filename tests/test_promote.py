@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,34 @@ def test_promote_a_champion_load_it_by_name_and_refine_it(tmp_path, image_folder
     assert json.loads(back.stdout.splitlines()[-1])["previous_champion"] == record["version"]
     assert client.get_model_version_by_alias(name, "champion").version == 2
 
+    # Better, but by less than the noise of the comparison: the champion stays, unless --force.
+    champion = client.get_model_version_by_alias(name, "champion")
+    held, std = float(champion.tags["fpa.value"]), float(champion.tags["fpa.noise_std"])
+    assert std > 0 and champion.tags["fpa.noise"] == "std over 3 fresh latent seeds"
+
+    def candidate(fid: float, file: str) -> str:  # the champion's generator, its own FID recorded as ``fid``
+        state = checkpoint.load(champion.tags["fpa.checkpoint"])
+        state["evaluations"] = [{**e, "fid": fid} if e["step"] == state["step"] else e for e in state["evaluations"]]
+        checkpoint.save(str(tmp_path / file), {k: v for k, v in state.items() if k != "format_version"})
+        return str(tmp_path / file)
+
+    close = candidate(held - 0.5 * std, "within-noise.pt")  # the margin: 2 * sqrt(2) std, its own std the same
+    within = promote(close, worse["run_id"], s.tracking_uri)
+    assert within.version is not None and not within.champion, within.reason
+    assert "does not beat" in within.reason and "within the noise margin" in within.reason and "--force" in within.reason
+    tags = client.get_model_version(name, within.version).tags
+    assert float(tags["fpa.margin"]) == pytest.approx(2 * math.hypot(std, float(tags["fpa.noise_std"])))
+    assert tags["fpa.test"].startswith(f"against version {champion.version}: FID lower by")
+    assert client.get_model_version_by_alias(name, "champion").version == champion.version
+    assert promote(close, worse["run_id"], s.tracking_uri, force=True).champion
+    far = promote(candidate(held - 0.5 * std - 4 * std, "beyond-noise.pt"), worse["run_id"], s.tracking_uri)
+    assert far.champion and "beats" in far.reason and "beyond the noise margin" in far.reason, far.reason
+
+    # --noise-seeds 0 is KID's own std: an FID sweep has none, and is told what to do.
+    no_std = run_promote("--run", worse["run_id"], "--noise-seeds", "0", *flags)
+    assert no_std.returncode == 2 and "FID has no standard deviation of its own" in no_std.stderr
+    assert run_promote("--run", worse["run_id"], "--noise-seeds", "1", *flags).returncode == 2
+
 
 @pytest.mark.inception
 def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with_like(tmp_path, image_folder):
@@ -122,18 +151,19 @@ def test_promote_with_evaluate_scores_the_candidate_first_and_compares_like_with
     run_id = client.create_run(client.create_experiment("fpa-images")).info.run_id
     best, latest = str(out / "checkpoints" / "best.pt"), str(out / "checkpoints" / "latest-00000002.pt")
 
-    first = promote(best, run_id, tracking_uri)  # its run's own 64-d scores of 8 images
+    first = promote(best, run_id, tracking_uri, noise_seeds=2)  # its run's own 64-d scores of 8 images
     assert first.champion and json.loads(first.tags["fpa.protocol"])["num_images"] == 8
-    evaluated = promote(best, run_id, tracking_uri, evaluate=12)  # the paper's protocol, at 12 images
+    evaluated = promote(best, run_id, tracking_uri, evaluate=12, noise_seeds=2)  # the paper's protocol, at 12 images
     protocol = json.loads(evaluated.tags["fpa.protocol"])
     assert (protocol["dims"], protocol["num_images"], protocol["precision"], protocol["metric"]) == (2048, 12, "fp32",
                                                                                                       "fid")
     assert not evaluated.champion and "was not measured like" in evaluated.reason and "num_images 8 vs 12" in evaluated.reason
     forced = promote(best, run_id, tracking_uri, evaluate=12, force=True)  # already registered: made champion
     assert forced.champion and forced.version == evaluated.version
-    other = promote(latest, run_id, tracking_uri, evaluate=12)  # now compared, on the same protocol
+    other = promote(latest, run_id, tracking_uri, evaluate=12, noise_seeds=2)  # now compared, on the same protocol
     assert ("beats" in other.reason) == other.champion and "not measured" not in other.reason
     assert float(other.tags["fpa.value"]) == float(other.tags["fpa.fid"]) > 0
+    assert float(other.tags["fpa.noise_std"]) > 0 and other.tags["fpa.noise"] == "std over 2 fresh latent seeds"
 
 
 @pytest.mark.process

@@ -94,12 +94,17 @@ def test_a_simulated_sweep_runs_through_the_real_service_labelled_and_is_never_p
 
     # A finished sweep replayed: each sampled config follows its nearest recorded trial.
     replayed, _ = _simulated(tmp_path, image_folder, "--simulate", "sim", "--name", "replay", "--num-trials", "4",
-                             "--pruner", "none")
+                             "--pruner", "none", "--metric", "kid")
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     again = json.loads((tmp_path / "out" / "replay" / "summary.json").read_text())
     assert again["simulated"]["source"] == "sim" and {t["state"] for t in again["trials"]} == {"COMPLETE"}
-    child = child_runs(again["tracking_uri"], again)[2][0]
+    _, parent, (child, *_) = child_runs(again["tracking_uri"], again)
     assert child.data.tags["fpa.replays"].startswith("trial_")
+    # A KID sweep names the trials within noise of its best: in its summary, its report and its MLflow parent.
+    tied = again["tied"]
+    assert tied["noise"] == "KID std over subsets" and tied["trials"][0] == again["best"]["trial_id"]
+    assert parent.data.tags["fpa.tied_trials"] == ",".join(tied["trials"])
+    assert "within noise of it (KID std over subsets, 2 std of the difference): " in replayed.stdout
 
 
 def test_simulate_needs_a_source_and_no_dataset(tmp_path):

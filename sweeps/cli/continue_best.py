@@ -1,5 +1,6 @@
 """Continue the best trials of a finished sweep to a larger step budget, unpruned, as one new Ray Tune run.
 
+    fpa-continue --sweep metfaces-20261128-101500 --steps 300000     # the trials within noise of the best
     fpa-continue --sweep metfaces-20261128-101500 --top-k 3 --steps 300000
     fpa-continue --sweep NAME --top-k 1 --steps 500000 --from latest
 
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fpa-continue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", required=True, help="the finished sweep whose best trials continue")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of its best trials, ranked by the sweep's metric (FID or KID; default 3)")
+    parser.add_argument("--top-k", type=int, help="how many of its best trials, ranked by the sweep's metric (FID or "
+                                                  "KID; default: those within noise of the best, as its summary "
+                                                  "says, else 3)")
     parser.add_argument("--steps", type=int, required=True, help="the new step budget of each continuation")
     parser.add_argument("--from", dest="start", choices=("best", "latest"), default="best",
                         help="continue from each trial's best checkpoint (default) or its latest")

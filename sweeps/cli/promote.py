@@ -7,8 +7,9 @@
 
 Registers a new version and moves the alias ``champion`` to it only when it beats the current champion on
 the run's metric (FID, or KID for a --metric kid sweep) measured the same way (the same protocol: Inception
-weights, feature size, image format and count, dataset); the former champion keeps ``previous-champion``.
-Then:
+weights, feature size, image format and count, dataset), and by more than the noise of the comparison: twice
+the std of the difference of two evaluations, each version's std measured over --noise-seeds fresh latent
+seeds when it is registered. The former champion keeps ``previous-champion``. Then:
 
     python -m fpa_core.paint --model models:/fpa-metfaces@champion --out paintings/
 """
@@ -20,6 +21,7 @@ import json
 import logging
 import sys
 
+from fpa_core.metrics.noise import NOISE_SEEDS
 from sweeps.sweep import (SweepNotFound, read_summary, resolve_storage, resolve_tracking_uri,
                           tracking_uri_problems)
 
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", type=int, metavar="N",
                         help="score the candidate first with N images as fpa_core.evaluate does (the paper used "
                              "50000); champions are compared only under the same protocol")
+    parser.add_argument("--noise-seeds", type=int, default=NOISE_SEEDS, metavar="N",
+                        help="fresh latent seeds that measure the candidate's noise under its protocol (default "
+                             f"{NOISE_SEEDS}; 0: KID's own std over subsets, for a --metric kid sweep)")
     parser.add_argument("--storage",
                         help="where the sweep ran, a folder or s3:// (default: FPA_STORAGE, else ./sweeps_out)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = tracking_uri_problems(args.tracking_uri)
     if args.evaluate is not None and args.evaluate < 2:
         problems.append(f"--evaluate must be at least 2 images, got {args.evaluate}")
+    if args.noise_seeds == 1 or args.noise_seeds < 0:
+        problems.append(f"--noise-seeds must be 0 (KID's own std) or at least 2 (a std needs two), got "
+                        f"{args.noise_seeds}")
     if problems:
         parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
 
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             if not checkpoint_uri:
                 print(f"nothing to promote: run {args.run} has no best checkpoint (no FID evaluation logged)")
                 return 0
-        result = promote(checkpoint_uri, run_id, tracking_uri, sweep=sweep, force=args.force, evaluate=args.evaluate)
+        result = promote(checkpoint_uri, run_id, tracking_uri, sweep=sweep, force=args.force, evaluate=args.evaluate,
+                         noise_seeds=args.noise_seeds)
     except (ValueError, FileNotFoundError, MlflowException, FIDWeightsUnavailable) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(result.describe())
