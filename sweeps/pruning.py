@@ -15,14 +15,15 @@ import optuna
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "wilcoxon", "none")
 
 
-def make_pruner(name: str, warmup: int, fid_every: int, max_steps: int,
-                patience: int | None = None) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, warmup: int, fid_every: int, max_steps: int, patience: int | None = None,
+                reduction_factor: int = 3) -> optuna.pruners.BasePruner:
     """An Optuna pruner over the values reported at training steps (every ``fid_every``): the first ``warmup``
     evaluations of a trial are never pruned; the median and percentile pruners also wait for two
     finished trials to compare with. ``wilcoxon`` compares a trial's curve with the best trial's, step by
     step, and stops it when a Wilcoxon signed-rank test says it is worse (p < 0.1): it decides on several
-    evaluations at once, never one. ``patience``: prune only after that many evaluations without a new best."""
-    pruner = _pruner(name, warmup, fid_every, max_steps)
+    evaluations at once, never one. ``patience``: prune only after that many evaluations without a new best.
+    ``reduction_factor``: successive halving's and Hyperband's; 1 / it of a rung's trials go on."""
+    pruner = _pruner(name, warmup, fid_every, max_steps, reduction_factor)
     if patience is None or name == "none":
         return pruner
     return PatientPruner(pruner, patience)
@@ -45,17 +46,19 @@ class PatientPruner(optuna.pruners.BasePruner):
         return self.wrapped.prune(study, trial)
 
 
-def _pruner(name: str, warmup: int, fid_every: int, max_steps: int) -> optuna.pruners.BasePruner:
+def _pruner(name: str, warmup: int, fid_every: int, max_steps: int,
+            reduction_factor: int) -> optuna.pruners.BasePruner:
     first_prunable = (warmup + 1) * fid_every  # the step of the first evaluation that may stop a trial
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=first_prunable - 1)
     if name == "percentile":
         return optuna.pruners.PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=first_prunable - 1)
     if name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_prunable, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_prunable,
+                                                      reduction_factor=reduction_factor)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=first_prunable, max_resource=max(max_steps, first_prunable),
-                                              reduction_factor=3)
+                                              reduction_factor=reduction_factor)
     if name == "wilcoxon":
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=warmup)
     if name == "none":
