@@ -8,7 +8,7 @@ Per seed, ``--trials`` configs of the digits space at the demo's size (--profile
 every 500, KID) are drawn once by a seeded RandomSampler and enqueued in the same order for every pruner, so that
 each pruner judges the same trials; each trial replays its curve (``sweeps.simulation``: the fitted curve model,
 whose per-config draws and evaluation noise follow the seed, or a recorded sweep's summary.json). A pruner is
-``NAME[:warmup=W][:rf=R][:patience=P]``.
+``NAME[:warmup=W][:rf=R][:patience=P][:z=Z]`` (z: margin-halving's margin).
 
 By default the sweeps run in this process through the sweep's own trial book (``sweeps.study.OptunaBridge``: the
 study, its pruner, the best-so-far reports, with MLflow off) on an event clock: ``--concurrency`` slots, a
@@ -44,23 +44,26 @@ class Pruner:
     warmup: int = 0
     reduction_factor: int = 3
     patience: int | None = None
+    z: float | None = None  # margin-halving's margin (std of the difference)
 
     @classmethod
     def parse(cls, text: str) -> Pruner:
         name, *options = text.split(":")
-        keys = {"warmup": "warmup", "rf": "reduction_factor", "patience": "patience"}
+        keys = {"warmup": "warmup", "rf": "reduction_factor", "patience": "patience", "z": "z"}
         values = {}
         for option in options:
             key, _, value = option.partition("=")
-            if key not in keys or not value.isdigit():
-                raise ValueError(f"pruner {text!r}: options are warmup=W, rf=R, patience=P")
-            values[keys[key]] = int(value)
+            number = value.replace(".", "", 1) if key == "z" else value
+            if key not in keys or not number.isdigit():
+                raise ValueError(f"pruner {text!r}: options are warmup=W, rf=R, patience=P, z=Z")
+            values[keys[key]] = float(value) if key == "z" else int(value)
         return cls(name, **values)
 
     def __str__(self) -> str:
         options = [f"warmup={self.warmup}"] if self.warmup else []
         options += [f"rf={self.reduction_factor}"] if self.reduction_factor != 3 else []
         options += [f"patience={self.patience}"] if self.patience else []
+        options += [f"z={self.z:g}"] if self.z is not None else []
         return ":".join([self.name, *options])
 
 
@@ -104,7 +107,7 @@ def replay(spec, configs: list[dict], pruner: Pruner, curves, concurrency: int, 
     study = optuna.create_study(storage=store, study_name=settings.name, direction="minimize",
                                 sampler=optuna.samplers.RandomSampler(seed=seed),
                                 pruner=make_pruner(pruner.name, pruner.warmup, config.fid.every, config.steps,
-                                                   pruner.patience, pruner.reduction_factor))
+                                                   pruner.patience, pruner.reduction_factor, pruner.z))
     for params in configs:
         study.enqueue_trial(params)
     bridge = OptunaBridge(spec, study, store, _NoTracking(), "parent", settings, {"cpu": 1}, config, curves)
@@ -152,8 +155,8 @@ def through_driver(spec, configs: list[dict], pruner: Pruner, source: str, concu
                             num_trials=len(configs), pruner=pruner.name, warmup=pruner.warmup, patience=pruner.patience,
                             max_concurrent=concurrency, metric=spec.trial_config({}).fid.metric, seed=seed,
                             simulate=source, step_seconds=0.0005, cpus_per_trial=1 / 16)
-    if pruner.reduction_factor != 3:
-        raise ValueError("--driver runs the pruners a sweep offers: no rf option")
+    if pruner.reduction_factor != 3 or pruner.z is not None:
+        raise ValueError("--driver runs the pruners a sweep offers: no rf or z option")
     config = spec.trial_config({})
     study = open_study(dataclasses.replace(spec, first=None), settings, config, open_store(settings))
     for params in configs:

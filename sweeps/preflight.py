@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fpa_core import storage
 from fpa_core.data import DatasetNotFoundError, check_dataset
+from sweeps.pruning import NEEDS_KID
 from sweeps.simulation import source_problem
 from sweeps.space import SweepSpec
 from sweeps.sweep import SweepSettings, redact, sweep_exists
@@ -51,6 +52,10 @@ def problems(spec: SweepSpec, settings: SweepSettings) -> list[str]:
     if settings.budget_gpu_hours is not None and settings.gpus_per_trial == 0:
         found.append("--budget-gpu-hours with --gpus-per-trial 0: the trials use no GPU-hours, so the budget would "
                      "never stop the sweep; use --budget-cpu-hours")
+    if settings.pruner in NEEDS_KID and settings.metric != "kid":
+        found.append(f"--pruner {settings.pruner} with --metric {settings.metric}: it compares beyond each "
+                     "evaluation's own std, which KID has and FID has not; add --metric kid, or use --pruner "
+                     "successive-halving")
     return found
 
 

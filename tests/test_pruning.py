@@ -9,7 +9,8 @@ import optuna
 import pytest
 from conftest import settings, sweep_file, tracking_db
 
-from sweeps.pruning import PatientPruner, explain, make_pruner
+from sweeps.overview import PROGRESS
+from sweeps.pruning import MarginHalvingPruner, PatientPruner, explain, make_pruner
 from sweeps.sweep_file import load_sweep
 from sweeps.study import OptunaBridge, open_store, open_study
 from sweeps.tracking import SweepTracker
@@ -130,3 +131,51 @@ def test_a_report_costs_the_same_however_many_trials_the_study_holds(tmp_path, i
                                                        "median 5, best 5")
     progress = bridge.study.trials[3].user_attrs["fpa.progress"]
     assert progress["seconds"] == 2.0 and progress["evaluations"][0]["fid"] == 5.5
+
+
+def _study_with(values_at_500: list[tuple[float, float]]) -> optuna.Study:
+    """Finished trials whose best KID at step 500 (their rung) and its std over subsets are given."""
+    study = optuna.create_study(direction="minimize")
+    for value, std in values_at_500:
+        trial = study.ask()
+        trial.report(value, 500)
+        trial.set_user_attr(PROGRESS, {"evaluations": [{"step": 500, "kid": value, "kid_std": std}]})
+        study.tell(trial, value)
+    return study
+
+
+def _prunes(pruner, study: optuna.Study, value: float, std: float) -> bool:
+    trial = study.ask()
+    trial.report(value, 500)
+    trial.set_user_attr(PROGRESS, {"evaluations": [{"step": 500, "kid": value, "kid_std": std}]})
+    return trial.should_prune()
+
+
+def test_margin_halving_stops_a_trial_outside_the_cut_only_beyond_the_noise_of_the_comparison():
+    pruner = make_pruner("margin-halving", 0, 500, 2000)  # rungs at 500 and 1,500; the best third goes on
+    assert isinstance(pruner, MarginHalvingPruner) and (pruner.min_resource, pruner.reduction_factor) == (500, 3)
+    kept = [(0.010, 0.002), (0.011, 0.002), (0.020, 0.002), (0.030, 0.002), (0.040, 0.002)]
+    # With a sixth trial the cut is the 2nd best, 0.011; the margin 0.5 * sqrt(0.002^2 + 0.002^2) = 0.0014.
+    study = _study_with(kept)
+    study.pruner = pruner
+    assert not _prunes(pruner, study, 0.0122, 0.002)  # outside the best third, within noise of its cut
+    study = _study_with(kept)
+    study.pruner = pruner
+    assert _prunes(pruner, study, 0.0126, 0.002)  # beyond it
+    study = _study_with(kept)
+    study.pruner = pruner
+    trial = study.ask()
+    trial.report(0.2, 250)
+    assert not trial.should_prune()  # before its first rung nothing is decided
+    with pytest.raises(ValueError, match="reduction_factor >= 2"):
+        MarginHalvingPruner(500, 1)
+
+
+def test_margin_halving_needs_kid_and_is_refused_before_anything_runs_on_fid(tmp_path, image_folder):
+    from sweeps import preflight
+
+    spec = load_sweep(sweep_file(tmp_path, image_folder, {"model.d_hidden": [8, 16]}))
+    refused = preflight.problems(spec, settings(tmp_path, pruner="margin-halving", metric="fid"))
+    assert any("--pruner margin-halving with --metric fid" in p and "--metric kid" in p for p in refused)
+    assert not any("margin-halving" in p for p in preflight.problems(
+        spec, settings(tmp_path, pruner="margin-halving", metric="kid")))

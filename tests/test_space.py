@@ -36,8 +36,8 @@ def test_every_packaged_sweep_loads():
     demo = load_sweep("digits", profile="demo")
     config = demo.trial_config(demo.first_params())
     assert (config.data.resolution, config.model.height, config.model.steps, config.steps) == (16, 16, 16, 2000)
-    assert (config.fid.every, config.fid.dims, config.fid.backbone, config.optim.batch_size) == (500, 2048, "inception", 20)
-    assert (demo.num_trials, demo.pruner, demo.warmup, demo.metric) == (8, "successive-halving", 0, "kid")
+    assert (config.fid.every, config.fid.dims, config.fid.backbone, config.optim.batch_size) == (250, 2048, "inception", 20)
+    assert (demo.num_trials, demo.pruner, demo.warmup, demo.metric) == (8, "margin-halving", 0, "kid")
     assert demo.params == load_sweep("digits").params  # the demo shrinks the runs, not the space
 
 
