@@ -1,11 +1,11 @@
 """Pruners compared with statistical power: many seeded sweeps of replayed curves per pruner.
 
     python benchmarks/pruner_table.py --source model --trials 40 200 --concurrency 2 8 --seeds 20
-    python benchmarks/pruner_table.py --source benchmarks/data/curves-demo-s0.json ...   # recorded curves
+    python benchmarks/pruner_table.py --source benchmarks/data/curves-demo.json ...   # recorded curves
     python benchmarks/pruner_table.py ... --driver --seeds 3 --pruners none successive-halving   # the real driver
 
 Per seed, ``--trials`` configs of the digits space at the demo's size (--profile demo: 2,000 steps, an evaluation
-every 500, KID) are drawn once by a seeded RandomSampler and enqueued in the same order for every pruner, so that
+every 250, KID) are drawn once by a seeded RandomSampler and enqueued in the same order for every pruner, so that
 each pruner judges the same trials; each trial replays its curve (``sweeps.simulation``: the fitted curve model,
 whose per-config draws and evaluation noise follow the seed, or a recorded sweep's summary.json). A pruner is
 ``NAME[:warmup=W][:rf=R][:patience=P][:z=Z]`` (z: margin-halving's margin).
@@ -35,7 +35,8 @@ from pathlib import Path
 # One evaluation's spread over 5 latent seeds of the demo's champion (BENCHMARKS.md, "Metric noise").
 NOISE_STD = {"kid": 0.00050, "fid": 0.63}
 DEFAULT_PRUNERS = ("none", "median", "successive-halving", "successive-halving:rf=2", "successive-halving:rf=4",
-                   "successive-halving:warmup=1", "hyperband", "median:patience=1", "wilcoxon")
+                   "successive-halving:warmup=1", "hyperband", "median:patience=1", "wilcoxon",
+                   "margin-halving", "margin-halving:z=1", "margin-halving:z=2", "margin-halving:rf=4:z=1.5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ def main() -> None:
                         help="an evaluation's cost in training steps (trial-time); 0: trial-steps only")
     parser.add_argument("--driver", action="store_true", help="through the real driver (Ray Tune, MLflow)")
     parser.add_argument("--profile", default="demo")
-    parser.add_argument("--every", type=int, help="steps between evaluations (default: the profile's, 500)")
+    parser.add_argument("--every", type=int, help="steps between evaluations (default: the profile's, 250)")
     parser.add_argument("--out", type=Path, default=Path("runs/pruner-table"))
     args = parser.parse_args()
     try:
