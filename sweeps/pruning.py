@@ -21,6 +21,14 @@ NEEDS_KID = ("margin-halving",)  # pruners that read each evaluation's own std, 
 MARGIN_Z = 0.5  # margin-halving's margin in std of the difference, chosen from the pruner table (BENCHMARKS.md)
 
 
+def pruner_defaults(metric: str, pruner: str | None = None) -> tuple[str, int]:
+    """The pruner and warm-up of a sweep whose flags and file name neither: on KID, whose std it needs,
+    margin-halving with no warm-up, the pruner table's choice (BENCHMARKS.md, "Choosing the pruner"); on FID the
+    median pruner after one evaluation. ``pruner``: one already chosen, whose default warm-up is wanted."""
+    pruner = pruner or ("margin-halving" if metric == "kid" else "median")
+    return pruner, 0 if pruner == "margin-halving" else 1
+
+
 def make_pruner(name: str, warmup: int, fid_every: int, max_steps: int, patience: int | None = None,
                 reduction_factor: int = 3, z: float | None = None) -> optuna.pruners.BasePruner:
     """An Optuna pruner over the values reported at training steps (every ``fid_every``): the first ``warmup``

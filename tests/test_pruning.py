@@ -10,7 +10,7 @@ import pytest
 from conftest import settings, sweep_file, tracking_db
 
 from sweeps.overview import PROGRESS
-from sweeps.pruning import MarginHalvingPruner, PatientPruner, explain, make_pruner
+from sweeps.pruning import MarginHalvingPruner, PatientPruner, explain, make_pruner, pruner_defaults
 from sweeps.sweep_file import load_sweep
 from sweeps.study import OptunaBridge, open_store, open_study
 from sweeps.tracking import SweepTracker
@@ -36,6 +36,13 @@ def test_the_pruners_and_their_wrappers():
     assert isinstance(make_pruner("none", 1, 3, 12, patience=2), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="unknown pruner 'x'"):
         make_pruner("x", 1, 3, 12)
+
+
+def test_a_sweep_that_names_no_pruner_gets_the_pruner_tables_choice():
+    assert pruner_defaults("kid") == ("margin-halving", 0)
+    assert pruner_defaults("fid") == ("median", 1)  # margin-halving needs KID's std over subsets
+    assert pruner_defaults("kid", "median") == ("median", 1)
+    assert pruner_defaults("fid", "successive-halving") == ("successive-halving", 1)
 
 
 def test_the_pruner_sees_the_best_so_far_and_each_decision_is_logged(tmp_path, image_folder, caplog):

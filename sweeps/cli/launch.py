@@ -25,7 +25,7 @@ from fpa_core.data import DatasetNotFoundError
 from fpa_core.metrics import METRICS
 from sweeps import preflight
 from sweeps.jobs import JobServerUnreachable, submit
-from sweeps.pruning import PRUNERS
+from sweeps.pruning import PRUNERS, pruner_defaults
 from sweeps.sweep_file import load_sweep, sweep_names
 from sweeps.sweep import (SweepError, SweepInterrupted, SweepNotFound, new_settings, read_record, resolve_storage,
                           sweep_exists, tracking_uri_problems)
@@ -63,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs each trial takes (default 1; a simulated trial 1/16, as it only sleeps)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial takes (default: 1 if the cluster has "
                                                         "GPUs now, else 0; 1 makes an autoscaler add GPU nodes)")
-    p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: the sweep file's, else median)")
+    p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: the sweep file's, else margin-halving with "
+                                                           "--metric kid and median with fid)")
     p.add_argument("--metric", choices=METRICS,
                    help="what Optuna minimises and prunes on: fid or kid, which is unbiased at the small sample "
                         "sizes of a periodic evaluation; also what picks each trial's best checkpoint (default: the "
                         "sweep file's, else fid)")
     p.add_argument("--warmup", type=int, help="evaluations of a trial before it may be pruned (default: the sweep "
-                                              "file's, else 1)")
+                                              "file's, else 0 for margin-halving and 1 for the others)")
     p.add_argument("--patience", type=int, help="let --pruner stop a trial only once its last N evaluations brought "
                                                 "no new best (Optuna's PatientPruner; default: the sweep file's, else "
                                                 "no patience)")
@@ -142,17 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.submit:
         return _submit(parser, args, argv, name)
 
+    metric = _first(args.metric, spec.metric, "fid")
+    pruner, warmup = pruner_defaults(metric, _first(args.pruner, spec.pruner))
     settings = new_settings(
         name, storage=args.storage, tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage,
         num_trials=_first(args.num_trials, spec.num_trials, 20), max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, cpus_per_trial=_first(args.cpus_per_trial, 1 / 16 if args.simulate else 1.0),
         gpus_per_trial=args.gpus_per_trial, simulate=args.simulate,
         step_seconds=_first(args.step_seconds, 0.001),
-        pruner=_first(args.pruner, spec.pruner, "median"), warmup=_first(args.warmup, spec.warmup, 1),
+        pruner=pruner, warmup=_first(args.warmup, spec.warmup, warmup),
         patience=_first(args.patience, spec.patience), budget_gpu_hours=args.budget_gpu_hours,
         budget_cpu_hours=args.budget_cpu_hours, keep_full=args.keep_full, seed=args.seed, address=args.address, profile=args.profile,
         stage=args.stage, base=args.base if args.stage == "unet" else None,
-        metric=_first(args.metric, spec.metric, "fid"))
+        metric=metric)
     found = preflight.problems(spec, settings)  # before Ray, MLflow and Optuna load: a second, not a minute
     if found:
         _usage_error(parser, SweepError(found))
