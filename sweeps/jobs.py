@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import sys
@@ -23,8 +24,12 @@ EXCLUDES = [".git", ".venv", "data", "runs", "sweeps_out", "mlruns", "mlartifact
             ".pytest_cache", ".hypothesis", ".whl", ".gl"]
 
 
+log = logging.getLogger(__name__)
+
 SLOTS = "fpa_sweep_slots"  # the head's custom resource: how many sweeps run at once
 JOB_METADATA = "fpa_sweep"  # a submitted job's metadata key: the sweep it runs
+NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
+AGENT_WAIT_S = 120.0  # how long a submission waits for it (a head just started, or a loaded one)
 
 
 class JobServerUnreachable(ValueError):
@@ -39,8 +44,8 @@ def submit(address: str, launch_args: list[str], name: str, detach: bool = False
 
     entrypoint = command_line(launch_args)
     slots = sweep_slots(address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+    job_id = submit_job(
+        client, entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
         submission_id=f"fpa-{name}-{time.strftime('%Y%m%d-%H%M%S')}", metadata={JOB_METADATA: name},
         entrypoint_resources={SLOTS: 1} if slots else None)
     print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)
@@ -54,6 +59,22 @@ def submit(address: str, launch_args: list[str], name: str, detach: bool = False
     status = client.get_job_status(job_id)
     print(f"job {job_id}: {status}")
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def submit_job(client, wait_s: float = AGENT_WAIT_S, poll_s: float = 3.0, **job) -> str:
+    """``client.submit_job(**job)``, tried again while the head answers that no job agent is ready yet: Ray's
+    500 "No available agent to submit job, please try again later" of a head just started or a loaded one,
+    which comes before the job exists, so the same submission id is safe to send again."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if NO_AGENT not in str(e) or time.monotonic() + poll_s > deadline:
+                raise
+            log.warning("the Ray head has no job agent ready yet; submitting again in %g s (up to %g s)",
+                        poll_s, wait_s)
+            time.sleep(poll_s)
 
 
 def job_client(address: str, flag: str = "--address"):

@@ -13,7 +13,7 @@ import optuna
 from conftest import child_runs, ray_token, run_launch, sweep_file, tracking_db
 from local_stack import http
 
-from sweeps.jobs import JOB_METADATA
+from sweeps.jobs import JOB_METADATA, NO_AGENT, submit_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +108,32 @@ def test_two_sweeps_queue_for_one_slot_and_a_cancelled_one_resumes(tmp_path, ima
     summary = json.loads((storage / "third" / "summary.json").read_text())
     assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 300)] * 2
     assert _status(*look)["third"]["state"] == "finished"
+
+
+def test_a_submission_waits_for_the_heads_job_agent_and_no_longer():
+    """A loaded head answers 500 "No available agent" until its job agent is up: the same submission again."""
+    class Head:
+        def __init__(self, busy: int, error: str = f"Request failed with status code 500: {NO_AGENT}, please try "
+                                                      "again later."):
+            self.busy, self.error, self.calls = busy, error, []
+
+        def submit_job(self, **job):
+            self.calls.append(job)
+            if len(self.calls) <= self.busy:
+                raise RuntimeError(self.error)
+            return job["submission_id"]
+
+    head = Head(busy=2)
+    assert submit_job(head, poll_s=0.01, submission_id="fpa-a") == "fpa-a"
+    assert [c["submission_id"] for c in head.calls] == ["fpa-a"] * 3
+    for head in (Head(busy=10**6), Head(busy=1, error="Request failed with status code 400: bad runtime_env")):
+        try:
+            submit_job(head, wait_s=0.05, poll_s=0.01, submission_id="fpa-b")
+        except RuntimeError as e:
+            assert str(e) == head.error  # Ray's own message, once the wait is over or at once for another error
+        else:
+            raise AssertionError("submitted")
+    assert len(head.calls) == 1
 
 
 def test_a_sweeps_state_from_its_summary_study_and_job():
