@@ -316,20 +316,28 @@ def ray_token() -> dict[str, str]:
 @pytest.fixture
 def ray_head(tmp_path):
     """A real Ray head with its dashboard and job server, as `ray start --head` makes one, with one sweep slot
-    (docker-compose.yml's head declares FPA_SWEEP_SLOTS) and a job queue that waits an hour. Its `ray stop`
-    stops every Ray on this machine, so the shared local Ray goes first."""
+    (docker-compose.yml's head declares FPA_SWEEP_SLOTS) and a job queue that waits an hour. It runs with
+    `--block` in a process group of its own and stops with it: never `ray stop`, which would stop every Ray on
+    this machine, a sweep beside the tests included."""
+    from local_stack import forget_cluster, http, stop, wait_until
+
     own_ray()
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     # The job's `python` is the head's: this virtualenv's, as a cluster image's would be its own.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "RAY_JOB_START_TIMEOUT_SECONDS": "3600"}
-    subprocess.run([ray_bin, "start", "--head", "--port", str(free_port()), "--num-cpus", "2",
-                    "--resources", '{"fpa_sweep_slots": 1}', "--include-dashboard", "true", "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats"], check=True,
-                   capture_output=True, env=env, timeout=180)
-    try:
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    url = f"http://127.0.0.1:{dashboard}"
+    with open(tmp_path / "ray-head.log", "w") as log:
+        head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
+                                 "--resources", '{"fpa_sweep_slots": 1}', "--include-dashboard", "true",
+                                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                                 "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_until(lambda: http(f"{url}/api/jobs/", ray_token())[0] == 200, "Ray's job server", head, 240)
+            yield url
+        finally:
+            stop(head)
+            forget_cluster(gcs)
 

@@ -48,6 +48,16 @@ def _wait(check, what: str, timeout: float = 420) -> None:
     raise AssertionError(f"no {what} within {timeout} s")
 
 
+def _evaluated(db: Path, study: str) -> bool:
+    """Whether a trial of ``study`` has reported an evaluation; False until the driver has made the study
+    (its database file comes a moment before the study's row)."""
+    try:
+        return db.exists() and any(t.intermediate_values for t in
+                                   optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials)
+    except KeyError:
+        return False
+
+
 def test_two_sweeps_queue_for_one_slot_and_a_cancelled_one_resumes(tmp_path, image_folder, ray_head):
     """The queue, status, cancel and resume are the service's own: the sweeps are simulated (their trials
     replay the curve model, sleeping a fraction of a second a step instead of training), so that the test spends its time on
@@ -93,10 +103,7 @@ def test_two_sweeps_queue_for_one_slot_and_a_cancelled_one_resumes(tmp_path, ima
                            "--tracking-uri", tracking, "--name", "third", "--submit", ray_head, "--detach",
                            "--simulate", "model", "--step-seconds", "0.04", timeout=120)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    study_url = f"sqlite:///{storage / 'third' / 'optuna.db'}"
-    _wait(lambda: (storage / "third" / "optuna.db").exists() and any(
-        t.intermediate_values for t in optuna.load_study(study_name="third", storage=study_url).trials),
-          "third sweep's first evaluation")
+    _wait(lambda: _evaluated(storage / "third" / "optuna.db", "third"), "third sweep's first evaluation")
     cancelled = _status_command(*look, "--cancel", "third")
     assert cancelled.returncode == 0 and "--resume third" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     _wait(lambda: _jobs(ray_head).get("third") == "STOPPED", "third sweep stopped", timeout=180)
