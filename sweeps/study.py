@@ -52,12 +52,22 @@ def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
         study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
         sampler=_sampler(spec, settings.seed),
         pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps, settings.patience))
+    if study.trials:  # a resumed sweep: a sampler seeded anew would draw again the configs it drew before
+        study.sampler = _sampler(spec, resumed_seed(settings.seed, len(study.trials)))
     first = spec.first_params()
     if first is not None and not study.trials:
         study.enqueue_trial(first, skip_if_exists=True)
         origin = f"the {spec.dataset} row of Table 3" if spec.first == "table3" else f"the base config {spec.base}"
         log.info("the first trial is %s: %s", origin, first)
     return study
+
+
+def resumed_seed(seed: int | None, asked: int) -> int | None:
+    """The sampler's seed for a sweep resumed after ``asked`` trials: derived from the sweep's seed and that
+    count, so that the resumed sampler neither replays the draws of the one before (a seeded RNG made anew
+    starts its draws over: the resumed sweep would train configs it had trained) nor stops being
+    deterministic. None stays None (unseeded)."""
+    return None if seed is None else (seed * 1_000_003 + asked) % 2**32
 
 
 def keep_record_digest(study: optuna.Study, digest: str) -> None:

@@ -12,7 +12,7 @@ from conftest import settings, sweep_file, tracking_db
 from sweeps.overview import PROGRESS
 from sweeps.pruning import MarginHalvingPruner, PatientPruner, explain, make_pruner, pruner_defaults
 from sweeps.sweep_file import load_sweep
-from sweeps.study import OptunaBridge, open_store, open_study
+from sweeps.study import OptunaBridge, open_store, open_study, resumed_seed
 from sweeps.tracking import SweepTracker
 
 
@@ -24,6 +24,28 @@ def _bridge(tmp_path, image_folder, resources=None, **kwargs):
     store = open_store(s)
     return OptunaBridge(spec, open_study(spec, s, spec.trial_config({}), store), store, tracker, parent, s,
                         resources or {"cpu": 1}, spec.trial_config({}))
+
+
+def test_a_resumed_sweep_draws_new_configs_and_the_same_ones_each_time(tmp_path):
+    """A seeded sampler made anew at --resume starts its draws over: without a seed of its own the resumed sweep
+    trained again the configs of its first trials (the demo's resumed confirm-none-s1: trials 6 and 7 were
+    trials 1 and 2 again)."""
+    spec = load_sweep("digits", "demo")
+    s = settings(tmp_path, num_trials=8)
+
+    def ask(count):
+        study = open_study(spec, s, spec.trial_config({}), open_store(s))
+        drawn = []
+        for _ in range(count):
+            trial = study.ask()
+            drawn.append(spec.sample(trial))
+            study.tell(trial, 1.0)
+        return drawn
+
+    before, after = ask(3), ask(3)
+    assert before[0] == spec.first_params()  # the base config, enqueued once
+    assert not [p for p in after if p in before], (before, after)
+    assert resumed_seed(0, 3) == resumed_seed(0, 3) != resumed_seed(0, 4) and resumed_seed(None, 3) is None
 
 
 def test_the_pruners_and_their_wrappers():
