@@ -4,7 +4,8 @@
         confirm-none-s0:confirm-margin-s0 confirm-none-s1:confirm-margin-s1 [--walls DIR] [--out FILE]
 
 Each pair is UNPRUNED:PRUNED, two finished sweeps of the same configs (the same sampler seed, and few enough
-trials that TPE is still drawing its random start-up ones). Per pair: trial-steps and how many fewer, the
+trials that TPE is still drawing its random start-up ones), judged on the trials whose configs agree (all, unless
+an arm was resumed: its sampler then draws other configs for the trials it had not asked). Per pair: trial-steps and how many fewer, the
 trials' own time, the best trial of each and its KID and FID, whether the pruned arm kept the unpruned arm's best
 (its state there) and its regret in units of the metric's noise std, each trial's steps, and how many of the
 pruned arm's evaluations differ from the unpruned arm's at the same step (0 when seeded training is
@@ -42,14 +43,18 @@ def differing_evaluations(full: dict, pruned: dict, metric: str) -> int:
 
 
 def compare(full: dict, pruned: dict) -> dict:
-    """One pair of arms; raises ValueError when they did not sweep the same configs."""
-    if [t["params"] for t in full["trials"]] != [t["params"] for t in pruned["trials"]]:
+    """One pair of arms, judged on the trials that have the same config in both (all of them, unless one arm
+    was resumed: a resumed sampler draws other configs); raises ValueError when the first trials differ."""
+    same = [a["params"] == b["params"] for a, b in zip(full["trials"], pruned["trials"])]
+    common = len(same) if all(same) else same.index(False)
+    if common == 0:
         raise ValueError(f"{full['name']} and {pruned['name']} did not sweep the same configs: use the same --seed "
                          "and at most 10 trials (TPE's random start-up)")
+    full, pruned = ({**s, "trials": s["trials"][:common]} for s in (full, pruned))
     metric = full["settings"]["metric"]
     winner, found = best_trial(full), best_trial(pruned)
     kept = next(t["state"] for t in pruned["trials"] if t["trial_id"] == winner["trial_id"])
-    return {"unpruned": full["name"], "pruned": pruned["name"], "metric": metric,
+    return {"unpruned": full["name"], "pruned": pruned["name"], "metric": metric, "trials": common,
             "trial_steps": [trial_steps(full), trial_steps(pruned)],
             "fewer_steps": trial_steps(full) / trial_steps(pruned),
             "trial_seconds": [sum(t["seconds"] for t in s["trials"]) for s in (full, pruned)],
@@ -62,7 +67,9 @@ def compare(full: dict, pruned: dict) -> dict:
 
 def wall(walls: Path | None, name: str) -> float | None:
     path = walls / f"time-{name}.txt" if walls else None
-    return float(path.read_text().split()[0]) if path and path.exists() else None
+    if not path or not path.exists():
+        return None
+    return next(float(line.split()[0]) for line in path.read_text().splitlines() if line.endswith(" s wall"))
 
 
 def mean_std(values: list[float]) -> str:
@@ -96,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     def minutes(s):
         return f"{s / 60:.1f} min" if s is not None else "-"
 
-    print("| pair | pruner | trial-steps | fewer | wall | trial time | best | the unpruned best | steps per trial |")
-    print("|---|---|---:|---:|---:|---:|---|---|---|")
+    print("| pair | pruner | trials | trial-steps | fewer | wall | trial time | best | the unpruned best | steps per trial |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|---|")
     for r in rows:
         m = r["metric"]
         (full_best, found) = r["best"]
-        print(f"| {r['unpruned']} | none | {r['trial_steps'][0]:,} | 1.00x | {minutes(r['wall_s'][0])} | "
+        print(f"| {r['unpruned']} | none | {r['trials']} | {r['trial_steps'][0]:,} | 1.00x | {minutes(r['wall_s'][0])} | "
               f"{minutes(r['trial_seconds'][0])} | {full_best['trial_id']}: {m.upper()} {full_best[m]:.4f}, FID "
               f"{full_best['fid']:.1f} | | all {max(r['steps']):,} |")
-        print(f"| {r['pruned']} | pruned | {r['trial_steps'][1]:,} | {r['fewer_steps']:.2f}x | "
+        print(f"| {r['pruned']} | pruned | {r['trials']} | {r['trial_steps'][1]:,} | {r['fewer_steps']:.2f}x | "
               f"{minutes(r['wall_s'][1])} | {minutes(r['trial_seconds'][1])} | {found['trial_id']}: {m.upper()} "
               f"{found[m]:.4f}, FID {found['fid']:.1f} | {r['unpruned_best_state'].lower()}, regret "
               f"{r['regret']:.2f} noise std | {', '.join(f'{s:,}' for s in r['steps'])} |")

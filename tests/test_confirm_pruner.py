@@ -36,6 +36,10 @@ def test_a_pruned_arm_is_scored_against_its_unpruned_counterfactual(tmp_path, ca
     assert cut["differing_evaluations"] == 0 and cut["steps"] == [1000, 250, 250]
     assert lost["unpruned_best_state"] == "PRUNED" and abs(lost["regret"] - 14.0) < 1e-9
     assert "kept in 1/2, evaluations that differ between the arms: 0" in capsys.readouterr().out
+    # A resumed arm's sampler drew another last config: the pair is judged on the first two.
+    _sweep(tmp_path, "resumed", curves, [4, 1, 1], lrs=(1e-3, 2e-3, 9e-3))
+    row = confirm.compare(*(json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "resumed")))
+    assert row["trials"] == 2 and row["trial_steps"] == [2000, 1250] and row["steps"] == [1000, 250]
 
 
 def test_arms_of_other_configs_or_other_evaluations_are_named(tmp_path, capsys):
