@@ -4,7 +4,7 @@
         [--write-curves benchmarks/data/curves-demo.json]
 
 Reads finished sweeps' summary.json (unpruned: every trial trained to its budget, so that its final best is
-known), pools their complete trials, and for every evaluated step s and each metric (FID, KID) measures
+known), pools their complete trials (each config once: seeded training is deterministic), and for every evaluated step s and each metric (FID, KID) measures
 Spearman's rho between the trials' score at s and their final best (the lowest score of the whole run), twice:
 for the score evaluated at s, and for the best so far at s (what the pruners see). Each rho comes with a 90%
 bootstrap interval over trials. ``winner in top third`` counts the sweeps whose final best trial is inside the
@@ -37,6 +37,17 @@ def complete_trials(summary: dict) -> list[dict]:
     return [t for t in trials if t["evaluations"][-1]["step"] == last]
 
 
+def unique_configs(trials: list[dict]) -> list[dict]:
+    """Each config once: seeded training is deterministic, so a config trained again (the base config that
+    every sweep of a file starts with, or a resumed sweep's replayed draws) is the same curve again."""
+    seen, unique = [], []
+    for t in trials:
+        if t["params"] not in seen:
+            seen.append(t["params"])
+            unique.append(t)
+    return unique
+
+
 def at_step(trial: dict, metric: str, step: int) -> tuple[float, float]:
     """(the score evaluated at ``step``, the best so far at it)."""
     seen = [e[metric] for e in trial["evaluations"] if e["step"] <= step and e.get(metric) is not None]
@@ -63,7 +74,7 @@ def rho_with_interval(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, dr
 def table(sweeps: dict[str, list[dict]], metric: str, draws: int, seed: int) -> list[dict]:
     """One row per evaluated step: rho of the score and of the best so far with the final best, and how many
     sweeps' winners a top-third cut at that step keeps."""
-    trials = [t for ts in sweeps.values() for t in ts]
+    trials = unique_configs([t for ts in sweeps.values() for t in ts])
     steps = sorted({e["step"] for e in trials[0]["evaluations"]}.intersection(
         *({e["step"] for e in t["evaluations"]} for t in trials)))
     final = np.array([final_best(t, metric) for t in trials])
@@ -105,7 +116,7 @@ def main() -> int:
         if not path.is_file():
             parser.error(f"{path}: no such file; pass finished sweeps' summary.json (sweeps_out/NAME/summary.json)")
         summary = json.loads(path.read_text())
-        trials = complete_trials(summary)
+        trials = unique_configs(complete_trials(summary))
         if len(trials) < 3:
             parser.error(f"{path}: {len(trials)} trials trained to the budget; a rank needs 3 or more "
                          "(run the sweep with --pruner none)")
@@ -116,9 +127,9 @@ def main() -> int:
     if args.write_curves:
         args.write_curves.parent.mkdir(parents=True, exist_ok=True)
         args.write_curves.write_text(json.dumps(merged_curves(sweeps), indent=1) + "\n")
-    n = sum(map(len, sweeps.values()))
-    print(f"{n} trials trained to their budget, from {len(sweeps)} sweeps ({', '.join(sweeps)}); "
-          f"90% bootstrap intervals over trials\n")
+    n = len(unique_configs([t for ts in sweeps.values() for t in ts]))
+    print(f"{n} configs trained to their budget (each once), from {len(sweeps)} sweeps ({', '.join(sweeps)}); "
+          f"90% bootstrap intervals over them\n")
     for metric, rows in results.items():
         print(f"| {metric.upper()} at step | rho, score at s | rho, best so far at s | winner in top third |")
         print("|---:|---:|---:|---:|")
