@@ -52,7 +52,9 @@ def open_study(spec: SweepSpec, settings: SweepSettings, config: TrainConfig,
         study_name=settings.name, storage=store, direction="minimize", load_if_exists=True,
         sampler=_sampler(spec, settings.seed),
         pruner=make_pruner(settings.pruner, settings.warmup, config.fid.every, config.steps, settings.patience))
-    if study.trials:  # a resumed sweep: a sampler seeded anew would draw again the configs it drew before
+    if study.trials and spec.grid is None:
+        # A resumed search: TPE seeded anew would draw again the configs it drew before. (GridSampler keeps its
+        # seed: its cells are numbered in the order that seed shuffles them, and it skips the cells that ran.)
         study.sampler = _sampler(spec, resumed_seed(settings.seed, len(study.trials)))
     first = spec.first_params()
     if first is not None and not study.trials:
