@@ -321,6 +321,8 @@ def ray_head(tmp_path):
     this machine, a sweep beside the tests included."""
     from local_stack import forget_cluster, http, stop, wait_until
 
+    from sweeps.jobs import SLOTS
+
     own_ray()
     dashboard, gcs = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -335,7 +337,13 @@ def ray_head(tmp_path):
                                  "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            wait_until(lambda: http(f"{url}/api/jobs/", ray_token())[0] == 200, "Ray's job server", head, 240)
+            # Ready when its job server answers and its state API lists the slot: the job server can answer a
+            # moment before the node's resources show, when a sweep submitted then would not be queued.
+            def ready() -> bool:
+                nodes = http(f"{url}/api/v0/nodes?detail=1", ray_token())
+                return http(f"{url}/api/jobs/", ray_token())[0] == 200 and nodes[0] == 200 and SLOTS in str(nodes[1])
+
+            wait_until(ready, "Ray's job server and its sweep slot", head, 240)
             yield url
         finally:
             stop(head)
