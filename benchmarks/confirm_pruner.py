@@ -4,9 +4,9 @@
         confirm-none-s0:confirm-margin-s0 confirm-none-s1:confirm-margin-s1 [--walls DIR] [--out FILE]
 
 Each pair is UNPRUNED:PRUNED, two finished sweeps of the same configs (the same sampler seed, and few enough
-trials that TPE is still drawing its random start-up ones), judged on the trials whose configs agree (all, unless
-an arm was resumed: its sampler then draws other configs for the trials it had not asked). Per pair: trial-steps and how many fewer, the
-trials' own time, the best trial of each and its KID and FID, whether the pruned arm kept the unpruned arm's best
+trials that TPE is still drawing its random start-up ones), judged on the trials whose configs agree (all,
+unless an arm was resumed: its sampler then draws other configs for the trials it had not asked). Per pair:
+trial-steps and how many fewer, the trials' own time, the best trial of each and its KID and FID, whether the pruned arm kept the unpruned arm's best
 (its state there) and its regret in units of the metric's noise std, each trial's steps, and how many of the
 pruned arm's evaluations differ from the unpruned arm's at the same step (0 when seeded training is
 deterministic: then the unpruned arm is the pruned arm's counterfactual). ``--walls DIR`` reads each sweep's
@@ -22,7 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
-NOISE_STD = {"kid": 0.00050, "fid": 0.63}  # one evaluation's std over 5 latent seeds (BENCHMARKS.md)
+from fpa_core.metrics.noise import DEMO_NOISE_STD
+
 
 
 def trial_steps(summary: dict) -> int:
@@ -60,7 +61,7 @@ def compare(full: dict, pruned: dict) -> dict:
             "trial_seconds": [sum(t["seconds"] for t in s["trials"]) for s in (full, pruned)],
             "best": [{"trial_id": t["trial_id"], metric: t["best_value"],
                       "fid": min(e["fid"] for e in t["evaluations"])} for t in (winner, found)],
-            "unpruned_best_state": kept, "regret": (found["best_value"] - winner["best_value"]) / NOISE_STD[metric],
+            "unpruned_best_state": kept, "regret": (found["best_value"] - winner["best_value"]) / DEMO_NOISE_STD[metric],
             "steps": [t["steps"] for t in pruned["trials"]],
             "differing_evaluations": differing_evaluations(full, pruned, metric)}
 

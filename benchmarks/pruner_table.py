@@ -32,8 +32,9 @@ import statistics
 import time
 from pathlib import Path
 
+from fpa_core.metrics.noise import DEMO_NOISE_STD
+
 # One evaluation's spread over 5 latent seeds of the demo's champion (BENCHMARKS.md, "Metric noise").
-NOISE_STD = {"kid": 0.00050, "fid": 0.63}
 DEFAULT_PRUNERS = ("none", "median", "successive-halving", "successive-halving:rf=2", "successive-halving:rf=4",
                    "successive-halving:warmup=1", "hyperband", "median:patience=1", "wilcoxon",
                    "margin-halving", "margin-halving:z=1", "margin-halving:z=2", "margin-halving:rf=4:z=1.5")
@@ -231,11 +232,11 @@ def main() -> None:
                         runs[str(pruner)] = replay(spec, configs, pruner, curves, concurrency, args.eval_steps, seed)
                 for name, run in runs.items():
                     results.append({"trials": trials, "concurrency": concurrency, "seed": seed, "pruner": name,
-                                    **score(run, runs["none"], NOISE_STD[metric], args.eval_steps), "run": run})
+                                    **score(run, runs["none"], DEMO_NOISE_STD[metric], args.eval_steps), "run": run})
             (args.out / "results.json").write_text(json.dumps({"args": {**vars(args), "out": str(args.out)},
                                                                "results": results}, indent=1))
     print(f"\n{args.seeds} seeds a row, evaluations every {spec.trial_config({}).fid.every} steps, {metric.upper()} "
-          f"noise std {NOISE_STD[metric]}, curves: {args.source}, "
+          f"noise std {DEMO_NOISE_STD[metric]}, curves: {args.source}, "
           f"{'the real driver' if args.driver else 'replayed in process'}, {time.perf_counter() - started:.0f} s\n")
     print("| trials | at once | pruner | trial-steps fewer | trial-time fewer | regret (noise std) | "
           "best survived |")
