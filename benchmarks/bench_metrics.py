@@ -33,7 +33,7 @@ from fpa_core.metrics.evaluator import MAX_FEATURES
 from fpa_core.metrics.precision_recall import precision_recall
 from fpa_core.train.config import load_config, packaged_configs
 
-REAL_IMAGES = {"digits": 1797, "celeba": 202_599, "metfaces": 1336, "afhq-cat": 5153, "afhq-dog": 4739,
+REAL_IMAGES = {"digits": 1797, "mnist": 5000, "celeba": 202_599, "metfaces": 1336, "afhq-cat": 5153, "afhq-dog": 4739,
                "afhq-wild": 4738, "lsun-church": 126_227}  # Appendix B.1; AFHQ's train splits
 
 

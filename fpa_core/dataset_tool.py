@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("name", metavar="NAME", choices=list(DATASETS), help=", ".join(DATASETS))
     prep.add_argument("--src", type=Path, required=True, metavar="PATH", help="the downloaded archive or folder")
     info = commands.add_parser("info", help="load a dataset (building its cache) and describe it")
-    info.add_argument("name", metavar="NAME_OR_PATH", help=f"digits, {', '.join(DATASETS)}, a folder or a .zip")
+    info.add_argument("name", metavar="NAME_OR_PATH", help=f"digits, mnist, {', '.join(DATASETS)}, a folder or a .zip")
     for command in (prep, info):
         command.add_argument("--data-root", type=Path, metavar="DIR",
                              help="where named datasets live (default: $FPA_DATA_ROOT, else ./data)")

